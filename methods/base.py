@@ -1,0 +1,293 @@
+"""The method interface, the registry, and the helpers every method shares.
+
+A method is one class in its own module, registered under a name, with a frozen ``Config``
+dataclass (defaults = the published schedule, ``preset(budget)`` shrinks it). The harness
+builds it as ``cls(cfg, setup)`` and drives it epoch by epoch:
+
+    for epoch in range(cfg.epochs): method.train_epoch(train, valid)
+    method.score(archs)   # higher = better, one per arch; what Kendall tau is computed on
+    method.derive()       # the method's chosen architecture
+
+Methods take plain typed arguments and a ``torch.device`` from ``SearchSetup``; they never
+pick a device, read the CLI, print, or import ray.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spaces.nb201 import Arch, Plan, SuperNet, path_plan
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+BUDGETS = ("smoke", "cpu", "paper")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss became NaN or infinite; the trial is reported failed with this reason."""
+
+
+# --------------------------------------------------------------------------- setup and protocol
+
+
+@dataclass
+class SearchSetup:
+    """What a method gets from the harness besides its own config.
+
+    ``calib`` (training images, no augmentation) and ``valid`` (validation images) are fixed
+    lists of batches already on ``device``: every arch of a run is scored on the same batches.
+    """
+
+    C: int
+    N: int
+    num_classes: int
+    device: torch.device
+    seed: int
+    calib: list[Batch] = field(default_factory=list)
+    valid: list[Batch] = field(default_factory=list)
+
+
+@runtime_checkable
+class SearchMethod(Protocol):
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def train_epoch(self, train: Iterable[Batch], valid: Iterable[Batch]) -> dict[str, float]: ...
+
+    def derive(self) -> Arch: ...
+
+    def score(self, archs: Sequence[Arch]) -> np.ndarray: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+# --------------------------------------------------------------------------- registry
+
+METHODS: dict[str, type] = {}
+_M = TypeVar("_M", bound=type)
+
+
+def register(cls: _M) -> _M:
+    """Class decorator: add a method to ``METHODS`` under ``cls.name`` (duplicates raise)."""
+    name = getattr(cls, "name", None)
+    if not name or not isinstance(name, str):
+        raise TypeError(f"{cls.__name__} needs a class attribute `name`")
+    if name in METHODS and METHODS[name] is not cls:
+        raise ValueError(f"method name {name!r} is already registered by {METHODS[name].__module__}")
+    METHODS[name] = cls
+    return cls
+
+
+def _load_builtin_methods() -> None:
+    # Import for the side effect of registration; kept lazy so `import methods.base` is cheap.
+    from methods import baselines, spos  # noqa: F401
+    for module in ("hopnas", "nap", "dnal", "pdarts"):
+        try:
+            __import__(f"methods.{module}")
+        except ModuleNotFoundError as err:
+            if err.name != f"methods.{module}":
+                raise
+
+
+def get_method(name: str) -> type:
+    _load_builtin_methods()
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def available_methods() -> list[str]:
+    _load_builtin_methods()
+    return sorted(METHODS)
+
+
+# --------------------------------------------------------------------------- configs
+
+_C = TypeVar("_C")
+
+
+def config_from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
+    """Build a frozen config dataclass from a JSON-like dict; unknown keys raise."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"unknown {cls.__qualname__} field(s) {unknown}; known fields: {sorted(names)}")
+    # JSON turns tuples into lists: restore them so the frozen config stays hashable.
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def coerce_field(cls: type, key: str, text: str) -> Any:
+    """Parse a command-line ``key=value`` override into the type of that config field."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    if key not in names:
+        raise ValueError(f"unknown {cls.__qualname__} field {key!r}; known fields: {sorted(names)}")
+    current = getattr(cls, key, None)
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{key} expects true/false, got {text!r}")
+        return text.lower() in ("true", "1")
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(text)
+    if isinstance(current, tuple):
+        return tuple(json.loads(text)) if text.startswith("[") else tuple(v.strip() for v in text.split(","))
+    return text
+
+
+# --------------------------------------------------------------------------- shared training helpers
+
+
+def sgd(params_or_model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> torch.optim.SGD:
+    """SGD with weight decay only on conv/linear weights (not on BN parameters or biases)."""
+    decay, no_decay = [], []
+    for name, p in params_or_model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+
+
+def cosine_lr(epoch: int, total: int, lr_max: float, lr_min: float) -> float:
+    """Cosine annealing from ``lr_max`` at epoch 0 to ``lr_min`` at ``total``."""
+    if total <= 0:
+        return lr_max
+    t = min(max(epoch, 0), total) / total
+    return lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * t))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def check_finite(loss: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(loss).all():
+        raise NonFiniteLossError(f"non-finite loss ({loss.item()}) in {where}: lower the learning rate "
+                                 "or check the data; the trial stops here")
+
+
+class Meter:
+    """Running sums of loss and accuracy over an epoch (kept on the device: no sync per step)."""
+
+    def __init__(self) -> None:
+        self.loss = 0.0
+        self.correct = 0.0
+        self.n = 0
+        self._loss_t: torch.Tensor | None = None
+        self._correct_t: torch.Tensor | None = None
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        b = y.shape[0]
+        l = loss.detach() * b
+        c = (logits.detach().argmax(1) == y).sum()
+        self._loss_t = l if self._loss_t is None else self._loss_t + l
+        self._correct_t = c if self._correct_t is None else self._correct_t + c
+        self.n += b
+
+    def result(self, prefix: str) -> dict[str, float]:
+        if self.n == 0:
+            return {}
+        return {f"{prefix}_loss": float(self._loss_t) / self.n, f"{prefix}_acc": float(self._correct_t) / self.n}
+
+
+def rng_state(rng: random.Random) -> list:
+    state = rng.getstate()
+    return [state[0], list(state[1]), state[2]]
+
+
+def set_rng_state(rng: random.Random, state: Sequence) -> None:
+    rng.setstate((state[0], tuple(state[1]), state[2]))
+
+
+# --------------------------------------------------------------------------- one-shot scoring
+
+
+def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.inference_mode()
+def one_shot_eval(
+    model: nn.Module,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    calib: Sequence[Batch],
+    valid: Sequence[Batch],
+) -> tuple[float, float]:
+    """Accuracy and loss of ``forward`` on ``valid`` after recalibrating BN on ``calib``.
+
+    BN running statistics are reset and recomputed as a cumulative average (``momentum=None``)
+    over the calibration batches with the model in train mode, then the model is evaluated in
+    eval mode. The model's previous mode and BN momenta are restored; its running statistics
+    are left as calibrated (callers that need the old ones save them).
+    """
+    was_training = model.training
+    bns = _bn_layers(model)
+    momenta = [bn.momentum for bn in bns]
+    try:
+        if calib:
+            for bn in bns:
+                bn.reset_running_stats()
+                bn.momentum = None
+            model.train()
+            for x, _ in calib:
+                forward(x)
+        model.eval()
+        loss_sum = torch.zeros((), device=valid[0][0].device)
+        correct = torch.zeros((), device=valid[0][0].device)
+        n = 0
+        for x, y in valid:
+            logits = forward(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            n += y.shape[0]
+        return float(correct) / n, float(loss_sum) / n
+    finally:
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+        model.train(was_training)
+
+
+def one_shot_scores(
+    supernet: SuperNet,
+    archs: Sequence[Arch],
+    calib: Sequence[Batch],
+    valid: Sequence[Batch],
+    plan_of: Callable[[Arch], Plan] = path_plan,
+    by: str = "acc",
+) -> np.ndarray:
+    """The shared one-shot score of each arch: accuracy (``by='acc'``) or minus loss (``'loss'``).
+
+    Every arch is scored on the same calibration and validation batches; the supernet's own
+    BN statistics are restored afterwards so scoring never disturbs training.
+    """
+    if by not in ("acc", "loss"):
+        raise ValueError(f"one-shot score is 'acc' or 'loss', got {by!r}")
+    if not valid:
+        raise ValueError("one-shot scoring needs validation batches (SearchSetup.valid is empty)")
+    saved = {k: v.clone() for k, v in supernet.state_dict().items() if "running" in k or "num_batches" in k}
+    try:
+        out = np.empty(len(archs), dtype=np.float64)
+        for i, arch in enumerate(archs):
+            plan = plan_of(arch)
+            acc, loss = one_shot_eval(supernet, lambda x: supernet(x, plan), calib, valid)
+            out[i] = acc if by == "acc" else -loss
+        return out
+    finally:
+        supernet.load_state_dict(saved, strict=False)

@@ -1,0 +1,68 @@
+"""The two baselines every report shows: rank by parameter count, and rank at random.
+
+Neither trains (``epochs = 0``). ``params`` ranks by the benchmark network's parameter count
+(C=16, N=5 — the size the benchmark's numbers refer to, whatever the search width): on NB201
+CIFAR-10 it already reaches Kendall tau ~0.58, the bar a supernet must clear. ``random`` is
+a seeded uniform score: tau ~0, a sanity floor.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import ClassVar, Iterable, Sequence
+
+import numpy as np
+
+from methods.base import Batch, SearchSetup, register
+from spaces.nb201 import Arch, count_params, random_arch
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    epochs: int = 0
+    batch_size: int = 64
+
+    @classmethod
+    def preset(cls, budget: str) -> "BaselineConfig":
+        if budget not in ("smoke", "cpu", "paper"):
+            raise ValueError(f"unknown budget {budget!r}; budgets: smoke, cpu, paper")
+        return cls()
+
+
+class _NoTraining:
+    Config: ClassVar[type] = BaselineConfig
+
+    def __init__(self, cfg: BaselineConfig, setup: SearchSetup):
+        self.cfg, self.setup = cfg, setup
+
+    def train_epoch(self, train: Iterable[Batch], valid: Iterable[Batch]) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+@register
+class ParamsBaseline(_NoTraining):
+    name: ClassVar[str] = "params"
+
+    def score(self, archs: Sequence[Arch]) -> np.ndarray:
+        return np.array([count_params(a, 16, 5, self.setup.num_classes) for a in archs], dtype=np.float64)
+
+    def derive(self) -> Arch:
+        return Arch(("nor_conv_3x3",) * 6)  # the largest cell
+
+
+@register
+class RandomBaseline(_NoTraining):
+    name: ClassVar[str] = "random"
+
+    def score(self, archs: Sequence[Arch]) -> np.ndarray:
+        # Seeded per arch string, so an arch's score does not depend on which others are scored.
+        return np.array([random.Random(f"{self.setup.seed}:{a.to_str()}").random() for a in archs])
+
+    def derive(self) -> Arch:
+        return random_arch(random.Random(self.setup.seed))
