@@ -1,0 +1,226 @@
+"""Run directory -> summary table, Markdown report and PNG plots.
+
+Everything is rebuilt from the files trials leave in ``<run>/trials/*/`` (no Ray needed):
+``python -m harness.report RUN_DIR``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+SUMMARY_COLUMNS = [
+    "method", "seed", "status", "error", "kendall_tau", "spearman", "p_at_top5", "tau_top10",
+    "unique_kendall_tau", "n_archs", "n_unique", "derived_arch", "derived_truth", "derived_params",
+    "epochs", "wall_s", "trial_dir",
+]
+BASELINES = ("params", "random")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def collect(run_dir: Path, expected: Sequence[tuple[str, int]] = (), errors: dict[tuple[str, int], str] | None = None) -> pd.DataFrame:
+    """One row per trial. ``expected`` (method, seed) pairs with no trial directory show as failed."""
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for trial_dir in sorted((run_dir / "trials").glob("*")):
+        config = _read_json(trial_dir / "config.json")
+        if not config:
+            continue
+        key = (config["method"], int(config["seed"]))
+        row: dict[str, Any] = {"method": key[0], "seed": key[1], "trial_dir": str(trial_dir)}
+        result = _read_json(trial_dir / "result.json")
+        error = (trial_dir / "error.txt")
+        if result is not None:
+            row.update({k: result.get(k) for k in SUMMARY_COLUMNS if k in result})
+            row["status"] = "ok"
+        elif error.exists():
+            row.update(status="failed", error=error.read_text().strip().splitlines()[-1][:500])
+        else:
+            row.update(status="incomplete", error="no result yet (interrupted? rerun with --resume)")
+        if result is None and (trial_dir / "history.csv").exists():
+            history = pd.read_csv(trial_dir / "history.csv")
+            if len(history):
+                row["epochs"] = int(history["epoch"].iloc[-1])
+                row["wall_s"] = float(history["wall_s"].iloc[-1])
+        rows[key] = row
+    for key, message in (errors or {}).items():
+        row = rows.setdefault(key, {"method": key[0], "seed": key[1]})
+        if row.get("status") == "ok":
+            continue
+        if row.get("status") != "failed":  # the trial's own error.txt, when there is one, is more precise
+            row["error"] = message
+        row["status"] = "failed"
+    for key in expected:
+        rows.setdefault(key, {"method": key[0], "seed": key[1], "status": "failed",
+                              "error": "trial did not start (see Ray's log in the run directory)"})
+    frame = pd.DataFrame(list(rows.values()))
+    for col in SUMMARY_COLUMNS:
+        if col not in frame:
+            frame[col] = np.nan if col not in ("error", "derived_arch", "status", "trial_dir") else ""
+    frame = frame[SUMMARY_COLUMNS]
+    return frame.sort_values(["method", "seed"], key=_method_order_key).reset_index(drop=True)
+
+
+def _method_order_key(col: pd.Series) -> pd.Series:
+    if col.name != "method":
+        return col
+    return col.map(lambda m: (m in BASELINES, m))
+
+
+def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over successful seeds, per method."""
+    ok = summary[summary["status"] == "ok"]
+    cols = ["kendall_tau", "unique_kendall_tau", "spearman", "p_at_top5", "tau_top10", "derived_truth", "wall_s"]
+    rows = []
+    for method, group in summary.groupby("method", sort=False):
+        g = ok[ok["method"] == method]
+        row: dict[str, Any] = {"method": method, "trials": f"{len(g)}/{len(group)} ok"}
+        for col in cols:
+            values = pd.to_numeric(g[col], errors="coerce").dropna()
+            row[col] = _mean_std(values)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _mean_std(values: pd.Series) -> str:
+    if values.empty:
+        return "–"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.3f}"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.4g}"
+        return str(v).replace("|", "\\|")
+
+    head = "| " + " | ".join(frame.columns) + " |"
+    sep = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, sep, *body])
+
+
+def plot(run_dir: Path, summary: pd.DataFrame) -> list[str]:
+    """Write the report's PNGs; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    ok = summary[(summary["status"] == "ok") & summary["kendall_tau"].notna()]
+    if not ok.empty:
+        methods = list(dict.fromkeys(ok["method"]))
+        fig, ax = plt.subplots(figsize=(1.2 * len(methods) + 2, 3.5))
+        for i, m in enumerate(methods):
+            taus = ok.loc[ok["method"] == m, "kendall_tau"].astype(float)
+            ax.scatter(np.full(len(taus), i), taus, alpha=0.8)
+            ax.hlines(taus.mean(), i - 0.25, i + 0.25, color="k")
+        ax.set_xticks(range(len(methods)), methods)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_ylabel("Kendall tau vs ground truth")
+        ax.set_title("Ranking quality per method (one dot per seed)")
+        fig.tight_layout()
+        fig.savefig(run_dir / "tau_per_method.png", dpi=110)
+        plt.close(fig)
+        written.append("tau_per_method.png")
+
+        first = ok.groupby("method", sort=False).first().reset_index()
+        fig, axes = plt.subplots(1, len(first), figsize=(3.2 * len(first), 3.2), squeeze=False)
+        for ax, row in zip(axes[0], first.itertuples()):
+            scores = pd.read_csv(Path(row.trial_dir) / "scores.csv")
+            ax.scatter(scores["truth"], scores["score"], s=6, alpha=0.6)
+            ax.set_title(f"{row.method} (seed {row.seed}), tau {row.kendall_tau:.2f}", fontsize=9)
+            ax.set_xlabel("ground truth")
+        axes[0][0].set_ylabel("method score")
+        fig.tight_layout()
+        fig.savefig(run_dir / "score_vs_truth.png", dpi=110)
+        plt.close(fig)
+        written.append("score_vs_truth.png")
+
+    curves = []
+    for row in summary.itertuples():
+        path = Path(str(row.trial_dir)) / "history.csv" if isinstance(row.trial_dir, str) and row.trial_dir else None
+        if path and path.exists():
+            h = pd.read_csv(path)
+            if "kendall_tau" in h and h["kendall_tau"].notna().any():
+                curves.append((f"{row.method} s{row.seed}", h.dropna(subset=["kendall_tau"])))
+    if curves:
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for label, h in curves:
+            ax.plot(h["epoch"], h["kendall_tau"], marker="o", ms=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("Kendall tau")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(run_dir / "tau_vs_epoch.png", dpi=110)
+        plt.close(fig)
+        written.append("tau_vs_epoch.png")
+    return written
+
+
+def write_report(run_dir: str | Path, expected: Sequence[tuple[str, int]] = (),
+                 errors: dict[tuple[str, int], str] | None = None) -> pd.DataFrame:
+    """Write ``summary.csv``, ``report.md`` and the plots; return the summary."""
+    run_dir = Path(run_dir).resolve()
+    summary = collect(run_dir, expected, errors)
+    summary.to_csv(run_dir / "summary.csv", index=False)
+    run = _read_json(run_dir / "run.json") or {}
+    has_truth = summary["kendall_tau"].notna().any()
+    plots = plot(run_dir, summary)
+    lines = [f"# NAS harness run: {run_dir.name}", ""]
+    if run:
+        exp = run.get("experiment", {})
+        lines += [f"- command: `{run.get('command', '')}`",
+                  f"- budget: {exp.get('budget')}, dataset: {exp.get('dataset')}, C={exp.get('C')}, N={exp.get('N')}",
+                  f"- evaluation archs: {run.get('arch_set', '')}",
+                  f"- ground truth: {run.get('benchmark') or 'none'} ({run.get('metric') or '-'})",
+                  f"- code: {run.get('provenance', {}).get('git_sha')}", ""]
+    if not has_truth:
+        lines += ["Ranking metrics need a benchmark: rerun with `--benchmark PATH` (a NAS-Bench-201 table).", ""]
+    lines += ["## Per method (mean ± std over successful seeds)", "", _markdown_table(aggregate(summary)), "",
+              "## Per trial", "",
+              _markdown_table(summary.drop(columns=["trial_dir"]).assign(
+                  derived_arch=summary["derived_arch"].fillna(""), error=summary["error"].fillna(""))), ""]
+    lines += [f"![{p}]({p})" for p in plots]
+    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    return summary
+
+
+def format_table(summary: pd.DataFrame) -> str:
+    cols = ["method", "seed", "status", "kendall_tau", "p_at_top5", "derived_truth", "wall_s", "error"]
+    view = summary[cols].copy()
+    view["error"] = view["error"].fillna("").astype(str).str.slice(0, 60)
+    return view.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.report", description="Rebuild a run's report.")
+    parser.add_argument("run_dir", help="the --output directory of a harness.compare run")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "trials").is_dir():
+        print(f"error: {run_dir} has no trials/ folder; pass the --output directory of a harness.compare run",
+              file=sys.stderr)
+        return 2
+    summary = write_report(run_dir)
+    print(format_table(summary))
+    print(f"\nwrote {run_dir / 'summary.csv'} and {run_dir / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
