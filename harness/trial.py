@@ -121,7 +121,7 @@ def run_trial(config: dict[str, Any], context: RunContext, session: Session) -> 
         return _run(config, exp, method_name, seed, context, session, trial_dir)
     except TrialInterrupted:
         raise
-    except BaseException as err:  # a failed trial says why, in its own directory, then fails
+    except Exception as err:  # a failed trial says why, in its own directory, then fails
         (trial_dir / "error.txt").write_text(f"{type(err).__name__}: {err}\n")
         raise
 
