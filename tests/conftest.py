@@ -31,3 +31,15 @@ def nb201_csv() -> Path:
 def cifar10_tgz() -> Path:
     """The shared CIFAR-10 ImageFolder archive."""
     return _need(CIFAR10_TGZ)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests use tiny tensors: one thread is faster, and steadier on a shared 2-core machine
+    (two threads per process oversubscribe the cores while Ray trials run beside them)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,20 +15,11 @@ from methods.base import SearchSetup, config_from_dict, config_to_dict, get_meth
 from methods.dnal import DNAL, DNALConfig
 from methods.gates import ScaledSigmoidGate, continuation_delta, total_penalty
 from spaces.nb201 import NONE, OPS, Arch, random_arch
+from helpers import random_batches as _batches
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one thread is faster and steadier on a shared, loaded machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-def _batches(n: int, size: int = 16, seed: int = 0) -> list:
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 3, 32, 32, generator=g), torch.randint(0, 10, (size,), generator=g)) for _ in range(n)]
 
 
 def _setup(C: int = 8, N: int = 1) -> SearchSetup:

@@ -23,13 +23,11 @@ from methods.base import (
     sgd,
 )
 from spaces.nb201 import Arch, SuperNet, path_plan
+from helpers import random_batches as batches
 
 ALL = ("spos", "hopnas", "nap", "dnal", "pdarts", "params", "random")
 
 
-def batches(n: int, size: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 3, 32, 32, generator=g), torch.randint(0, 10, (size,), generator=g)) for _ in range(n)]
 
 
 def test_registry_lists_methods_and_rejects_duplicates():

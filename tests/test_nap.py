@@ -16,22 +16,18 @@ import torch.nn.functional as F
 from methods.base import SearchSetup, config_from_dict, config_to_dict, get_method
 from methods.nap import NAP, NAPConfig
 from spaces.nb201 import NONE, NUM_EDGES, OPS, Arch, Term, all_archs
+from helpers import random_batches
 
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions on a shared 2-core machine run far faster on one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-def batches(n: int, b: int = 8, res: int = 8, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(b, 3, res, res, generator=g), torch.randint(0, 10, (b,), generator=g)) for _ in range(n)]
+
+
+
+def batches(n: int, size: int = 8, res: int = 8, seed: int = 0):
+    return random_batches(n, size=size, res=res, seed=seed)
 
 
 def make(seed: int = 0, res: int = 8, **changes) -> NAP:
@@ -256,12 +252,12 @@ def test_resume_continues_bit_for_bit():
 def test_smoke_run_derives_a_valid_arch_with_finite_scores():
     cfg = NAPConfig.preset("smoke")
     setup = SearchSetup(C=8, N=1, num_classes=10, device=CPU, seed=0,
-                        calib=batches(1, b=16, res=32, seed=1), valid=batches(1, b=16, res=32, seed=2))
+                        calib=batches(1, size=16, res=32, seed=1), valid=batches(1, size=16, res=32, seed=2))
     torch.manual_seed(0)
     m = NAP(cfg, setup)
     history = []
     for ep in range(cfg.epochs):
-        metrics = m.train_epoch(batches(2, b=16, res=32, seed=ep), batches(2, b=16, res=32, seed=50 + ep))
+        metrics = m.train_epoch(batches(2, size=16, res=32, seed=ep), batches(2, size=16, res=32, seed=50 + ep))
         assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values())
         history.append(metrics)
     assert [h["alive_ops"] for h in history] == [24, 18, 12, 6]

@@ -14,21 +14,13 @@ import torch
 from methods.base import SearchSetup, config_from_dict, config_to_dict, get_method
 from methods.pdarts import PDARTS, PDARTSConfig, _skip_dropout
 from spaces.nb201 import NONE, OPS, SKIP, Arch, random_arch
+from helpers import random_batches as _batches
 
 CONV1, CONV3, POOL = 2, 3, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-def _batches(n: int, size: int = 16, seed: int = 0) -> list:
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 3, 32, 32, generator=g), torch.randint(0, 10, (size,), generator=g)) for _ in range(n)]
 
 
 def _setup(C: int = 8, seed: int = 0) -> SearchSetup:

@@ -11,7 +11,7 @@ import torch
 from methods.base import NonFiniteLossError, SearchSetup
 from methods.spos import SPOS, SPOSConfig, evolve
 from spaces.nb201 import OPS, Arch, all_archs
-from test_methods_base import batches
+from helpers import random_batches as batches
 
 
 def make(seed: int = 0, init_seed: int | None = None, **changes) -> SPOS:
