@@ -18,14 +18,15 @@ import json
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
+import contextlib
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spaces.nb201 import Arch, Plan, SuperNet, path_plan
+from spaces.nb201 import NUM_EDGES, Arch, Plan, SuperNet, path_plan
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 BUDGETS = ("smoke", "cpu", "paper")
@@ -146,7 +147,12 @@ def coerce_field(cls: type, key: str, text: str) -> Any:
     if isinstance(current, float):
         return float(text)
     if isinstance(current, tuple):
-        return tuple(json.loads(text)) if text.startswith("[") else tuple(v.strip() for v in text.split(","))
+        items = json.loads(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+        kind = type(current[0]) if current else str  # elements typed like the default's
+        try:
+            return tuple(kind(v) for v in items)
+        except ValueError:
+            raise ValueError(f"{key} expects a comma list of {kind.__name__}, got {text!r}") from None
     return text
 
 
@@ -216,7 +222,42 @@ def set_rng_state(rng: random.Random, state: Sequence) -> None:
     rng.setstate((state[0], tuple(state[1]), state[2]))
 
 
+def cycle(batches: Iterable[Batch], who: str) -> Iterator[Batch]:
+    """``batches`` in order, restarting when they run out (architecture steps on valid batches)."""
+    while True:
+        empty = True
+        for b in batches:
+            empty = False
+            yield b
+        if empty:
+            raise ValueError(f"{who} needs validation batches for its architecture steps, but `valid` is empty")
+
+
+def table_scores(table: np.ndarray | torch.Tensor, archs: Sequence[Arch]) -> np.ndarray:
+    """Score of each arch = the sum over edges of ``table[edge, op of the arch on that edge]``.
+
+    The shared form of every architecture-parameter score: ``table`` is ``(6, 5)`` in OPS order.
+    """
+    t = table.detach().cpu().double().numpy() if isinstance(table, torch.Tensor) else np.asarray(table, np.float64)
+    if t.shape != (NUM_EDGES, 5):
+        raise ValueError(f"a score table is (6, 5) edges x ops, got {t.shape}")
+    if not archs:
+        return np.empty(0, dtype=np.float64)
+    idx = np.array([a.indices for a in archs])
+    return t[np.arange(NUM_EDGES)[None, :], idx].sum(axis=1)
+
+
 # --------------------------------------------------------------------------- one-shot scoring
+
+
+@contextlib.contextmanager
+def preserved_bn_statistics(model: nn.Module) -> Iterator[None]:
+    """Restore the model's BN running statistics on exit (scoring must never disturb training)."""
+    saved = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    try:
+        yield
+    finally:
+        model.load_state_dict(saved, strict=False)
 
 
 def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -281,13 +322,10 @@ def one_shot_scores(
         raise ValueError(f"one-shot score is 'acc' or 'loss', got {by!r}")
     if not valid:
         raise ValueError("one-shot scoring needs validation batches (SearchSetup.valid is empty)")
-    saved = {k: v.clone() for k, v in supernet.state_dict().items() if "running" in k or "num_batches" in k}
-    try:
-        out = np.empty(len(archs), dtype=np.float64)
+    out = np.empty(len(archs), dtype=np.float64)
+    with preserved_bn_statistics(supernet):
         for i, arch in enumerate(archs):
             plan = plan_of(arch)
             acc, loss = one_shot_eval(supernet, lambda x: supernet(x, plan), calib, valid)
             out[i] = acc if by == "acc" else -loss
-        return out
-    finally:
-        supernet.load_state_dict(saved, strict=False)
+    return out

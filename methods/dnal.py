@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Batch, Meter, SearchSetup, check_finite, cosine_lr, register, set_lr, sgd
+from methods.base import Batch, Meter, SearchSetup, check_finite, cosine_lr, register, set_lr, sgd, table_scores
 from methods.gates import ScaledSigmoidGate, continuation_delta, gate_parameters, total_penalty
 from spaces.nb201 import EDGES, NONE, NUM_EDGES, OPS, Arch, SuperNet, Term
 
@@ -333,9 +333,7 @@ class DNAL:
         return per_cell.mean(dim=0).numpy()
 
     def score(self, archs: Sequence[Arch]) -> np.ndarray:
-        table = self.score_table()
-        edges = np.arange(NUM_EDGES)
-        return np.array([table[edges, list(a.indices)].sum() for a in archs], dtype=np.float64)
+        return table_scores(self.score_table(), archs)
 
     def extras(self) -> dict:
         kept = self.kept_fractions()

@@ -77,11 +77,12 @@ from methods.base import (
     cosine_lr,
     one_shot_eval,
     one_shot_scores,
+    preserved_bn_statistics,
     register,
     set_lr,
     sgd,
 )
-from spaces.nb201 import EDGES, NONE, NUM_EDGES, OPS, Arch, SuperNet, Term
+from spaces.nb201 import NONE, NUM_EDGES, OPS, Arch, SuperNet, Term, edge_name
 
 CANDIDATES = tuple(range(1, len(OPS)))          # the summed ops: every op but `none`
 NODE_EDGES = {1: (0,), 2: (1, 2), 3: (3, 4, 5)}  # edge indices entering each node
@@ -89,9 +90,6 @@ ORDERS = ("forward", "backward", "topology_first")
 NUM_EVENTS = 12  # forward/backward: 3 nodes x (3 prunes + 1 decision); topology_first: 3 + 3 x 3
 _EPS = 1e-9
 
-
-def _edge_name(e: int) -> str:
-    return f"{EDGES[e][0]}<-{EDGES[e][1]}"
 
 
 @dataclass(frozen=True)
@@ -358,8 +356,7 @@ class HOPNAS:
             raise ValueError("HOPNAS measures importance on SearchSetup.valid, which is empty: give the "
                              "setup fixed validation (and calibration) batches")
         net = self.supernet
-        saved = {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "num_batches" in k}
-        try:
+        with preserved_bn_statistics(net):
             def evaluate(alive: torch.Tensor) -> tuple[float, float]:
                 plan = self.static_plan(alive)
                 return one_shot_eval(net, lambda x: net(x, plan), calib, valid)
@@ -372,8 +369,6 @@ class HOPNAS:
                 acc, loss = evaluate(mask)
                 out.append(loss - loss0 if self.cfg.importance_by == "loss" else acc0 - acc)
             return out
-        finally:
-            net.load_state_dict(saved, strict=False)
 
     def _needs_work(self, phase: str, e: int) -> bool:
         if phase == "edges":
@@ -400,36 +395,36 @@ class HOPNAS:
             if phase == "edges":
                 imps = self.measure([(e, tuple(self.alive_ops(e))) for e in edges])
                 for e, imp in zip(edges, imps):
-                    record["importance"][_edge_name(e)] = {"edge": imp}
+                    record["importance"][edge_name(e)] = {"edge": imp}
                     if imp <= margin:
                         self._make_none(e, t)
-                        record["none_edges"].append(_edge_name(e))
+                        record["none_edges"].append(edge_name(e))
                     else:
                         self.kept[e] = True
                         self.elim[e, NONE] = t
-                        record["kept_edges"].append(_edge_name(e))
+                        record["kept_edges"].append(edge_name(e))
             else:
                 cands = [(e, (o,)) for e in edges for o in self.alive_ops(e)]
                 imps = self.measure(cands)
                 for (e, (o,)), imp in zip(cands, imps):
                     self.importance[e, o] = imp
-                    record["importance"].setdefault(_edge_name(e), {})[OPS[o]] = imp
+                    record["importance"].setdefault(edge_name(e), {})[OPS[o]] = imp
                 for e in edges:
                     ops = self.alive_ops(e)
                     if len(ops) == 1 and not bool(self.kept[e]):
                         # the decision: does the edge's last op help at all?
                         if float(self.importance[e, ops[0]]) <= margin:
                             self._make_none(e, t)
-                            record["none_edges"].append(_edge_name(e))
+                            record["none_edges"].append(edge_name(e))
                         else:
                             self.decided[e] = True
                             self.elim[e, NONE] = t
-                            record["kept_edges"].append(_edge_name(e))
+                            record["kept_edges"].append(edge_name(e))
                         continue
                     weakest = min(ops, key=lambda o: float(self.importance[e, o]))
                     self.alive[e, weakest] = False
                     self.elim[e, weakest] = t
-                    record["pruned"].append([_edge_name(e), OPS[weakest]])
+                    record["pruned"].append([edge_name(e), OPS[weakest]])
                     if len(ops) == 2 and bool(self.kept[e]):
                         self.decided[e] = True  # topology_first: the edge is kept, its op is now fixed
             if not any(self._needs_work(phase, e) for e in NODE_EDGES[node]):
@@ -501,7 +496,7 @@ class HOPNAS:
         order: dict[str, list[str]] = {}
         for e in range(NUM_EDGES):
             gone = sorted((int(self.elim[e, o]), OPS[o]) for o in CANDIDATES if self.elim[e, o] > 0)
-            order[_edge_name(e)] = [name for _, name in gone]
+            order[edge_name(e)] = [name for _, name in gone]
         return {
             "reconstructed": True,
             "order": self.cfg.order,
@@ -510,8 +505,8 @@ class HOPNAS:
             "finished": self.finished,
             "snapshot_epoch": self.snapshot_epoch,
             "elimination_order": order,
-            "alive": {_edge_name(e): [OPS[o] for o in self.alive_ops(e)] for e in range(NUM_EDGES)},
-            "none_edges": [_edge_name(e) for e in range(NUM_EDGES) if bool(self.decided[e]) and not self.alive_ops(e)],
+            "alive": {edge_name(e): [OPS[o] for o in self.alive_ops(e)] for e in range(NUM_EDGES)},
+            "none_edges": [edge_name(e) for e in range(NUM_EDGES) if bool(self.decided[e]) and not self.alive_ops(e)],
             "events": self.history,
         }
 

@@ -53,15 +53,13 @@ from methods.base import (
     register,
     set_lr,
     sgd,
+    table_scores,
 )
-from spaces.nb201 import EDGES, NONE, NUM_EDGES, OPS, Arch, SuperNet, weighted_plan
+from spaces.nb201 import NONE, NUM_EDGES, OPS, Arch, SuperNet, edge_name, weighted_plan
 
 CANDIDATES = tuple(range(1, len(OPS)))  # ops that have a strength: every op but `none`
 _EPS = 1e-9
 
-
-def _edge_name(e: int) -> str:
-    return f"{EDGES[e][0]}<-{EDGES[e][1]}"
 
 
 @dataclass(frozen=True)
@@ -249,7 +247,7 @@ class NAP:
         self.events_done += 1
         t = self.events_done
         record: dict = {"event": t, "epoch": self.epoch, "pruned": [], "removed_edges": [],
-                        "strength": {_edge_name(e): {OPS[o]: float(s[e, o]) for o in self.alive_ops(e)}
+                        "strength": {edge_name(e): {OPS[o]: float(s[e, o]) for o in self.alive_ops(e)}
                                      for e in range(NUM_EDGES)}}
         for e in range(NUM_EDGES):
             ops = self.alive_ops(e)
@@ -260,13 +258,13 @@ class NAP:
                     self.elim[e, o] = t
                 self.alive[e] = False
                 self.removed[e] = True
-                record["removed_edges"].append(_edge_name(e))
+                record["removed_edges"].append(edge_name(e))
                 continue
             if len(ops) > 1:
                 weakest = min(ops, key=lambda o: float(s[e, o]))
                 self.alive[e, weakest] = False
                 self.elim[e, weakest] = t
-                record["pruned"].append([_edge_name(e), OPS[weakest]])
+                record["pruned"].append([edge_name(e), OPS[weakest]])
         self.history.append(record)
         return record
 
@@ -302,19 +300,18 @@ class NAP:
         else:
             table = (self.snapshot if self.snapshot is not None else self.strength_matrix().cpu()).double().clone()
             table[:, NONE] = 0.0
-        return np.array([sum(float(table[e, i]) for e, i in enumerate(a.indices)) for a in archs],
-                        dtype=np.float64)
+        return table_scores(table, archs)
 
     def extras(self) -> dict:
         def as_dict(m: torch.Tensor | None) -> dict | None:
             if m is None:
                 return None
-            return {_edge_name(e): {OPS[o]: float(m[e, o]) for o in CANDIDATES} for e in range(NUM_EDGES)}
+            return {edge_name(e): {OPS[o]: float(m[e, o]) for o in CANDIDATES} for e in range(NUM_EDGES)}
 
         order = {}
         for e in range(NUM_EDGES):
             gone = sorted((int(self.elim[e, o]), OPS[o]) for o in CANDIDATES if self.elim[e, o] > 0)
-            order[_edge_name(e)] = [name for _, name in gone]
+            order[edge_name(e)] = [name for _, name in gone]
         return {
             "reconstructed": True,
             "prune_epochs": list(self.cfg.prune_epochs()),
@@ -323,8 +320,8 @@ class NAP:
             "snapshot_strengths": as_dict(self.snapshot),
             "final_strengths": as_dict(self.strength_matrix().cpu()),
             "elimination_order": order,
-            "alive": {_edge_name(e): [OPS[o] for o in self.alive_ops(e)] for e in range(NUM_EDGES)},
-            "removed_edges": [_edge_name(e) for e in range(NUM_EDGES) if bool(self.removed[e])],
+            "alive": {edge_name(e): [OPS[o] for o in self.alive_ops(e)] for e in range(NUM_EDGES)},
+            "removed_edges": [edge_name(e) for e in range(NUM_EDGES) if bool(self.removed[e])],
             "events": self.history,
         }
 

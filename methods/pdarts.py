@@ -49,14 +49,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterable, Iterator, Sequence
+from typing import Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Batch, Meter, SearchSetup, check_finite, cosine_lr, register, set_lr, sgd
+from methods.base import Batch, Meter, SearchSetup, check_finite, cosine_lr, register, set_lr, sgd, table_scores, cycle
 from spaces.nb201 import EDGES, NONE, NUM_EDGES, OPS, SKIP, Arch, SuperNet, Term
 
 LEVEL_SCALE = 100.0
@@ -238,7 +238,7 @@ class PDARTS:
         self.supernet.train()
         meter, arch_meter = Meter(), Meter()
         where = f"P-DARTS stage {s + 1} epoch {e + 1}"
-        valid_batches = _cycle(valid) if train_arch else None
+        valid_batches = cycle(valid, "P-DARTS") if train_arch else None
         weight_params = list(self.supernet.parameters())
         for x, y in train:
             if train_arch:
@@ -335,9 +335,7 @@ class PDARTS:
         return LEVEL_SCALE * level + ell
 
     def score(self, archs: Sequence[Arch]) -> np.ndarray:
-        table = self.score_table()
-        edges = np.arange(NUM_EDGES)
-        return np.array([table[edges, list(a.indices)].sum() for a in archs], dtype=np.float64)
+        return table_scores(self.score_table(), archs)
 
     def derive(self) -> Arch:
         if self.final is not None:
@@ -404,14 +402,3 @@ class PDARTS:
         self.init_gen.set_state(state["init_gen"])
         self.drop_gen.set_state(state["drop_gen"])
 
-
-def _cycle(batches: Iterable[Batch]) -> Iterator[Batch]:
-    """The valid batches in order, restarting when they run out (as the released code does)."""
-    while True:
-        empty = True
-        for b in batches:
-            empty = False
-            yield b
-        if empty:
-            raise ValueError("P-DARTS needs validation batches for its α steps, but `valid` is empty "
-                             "(or a one-shot iterator that is exhausted)")

@@ -29,6 +29,12 @@ NONE, SKIP, CONV1, CONV3, POOL = range(len(OPS))
 # (target node, source node) in the benchmark's string order.
 EDGES: tuple[tuple[int, int], ...] = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
 NUM_EDGES = len(EDGES)
+
+
+def edge_name(e: int) -> str:
+    """``"target<-source"`` of edge ``e``, as reports and method extras key edges."""
+    return f"{EDGES[e][0]}<-{EDGES[e][1]}"
+
 NUM_NODES = 4
 _EXAMPLE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
 

@@ -13,7 +13,7 @@ import torch
 
 from methods.base import SearchSetup, config_from_dict, config_to_dict, get_method
 from methods.pdarts import PDARTS, PDARTSConfig, _skip_dropout
-from spaces.nb201 import NONE, OPS, SKIP, Arch, random_arch
+from spaces.nb201 import NONE, SKIP, Arch, random_arch
 from helpers import random_batches as _batches
 
 CONV1, CONV3, POOL = 2, 3, 4
