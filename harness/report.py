@@ -79,9 +79,10 @@ def _method_order_key(col: pd.Series) -> pd.Series:
 
 
 def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over successful seeds, per method."""
+    """Mean and std over successful seeds, per method (``search_min``: trial wall minutes)."""
     ok = summary[summary["status"] == "ok"]
-    cols = ["kendall_tau", "unique_kendall_tau", "spearman", "p_at_top5", "tau_top10", "derived_truth", "wall_s"]
+    cols = ["kendall_tau", "unique_kendall_tau", "spearman", "p_at_top5", "tau_top10", "derived_truth", "search_min"]
+    ok = ok.assign(search_min=pd.to_numeric(ok["wall_s"], errors="coerce") / 60)
     rows = []
     for method, group in summary.groupby("method", sort=False):
         g = ok[ok["method"] == method]
