@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="run directory, also Tune's storage (shared storage on a cluster)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoints")
     p.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial (from its checkpoint)")
+    p.add_argument("--retrain-top", type=int, default=None, metavar="K",
+                   help="after the search, train each trial's derived arch from scratch (K=0), "
+                        "plus the K best-scored archs of each trial (K>0); see harness.evaluate")
+    p.add_argument("--retrain-epochs", type=int, default=None,
+                   help="epochs of that training (default: the nb201 recipe's 200)")
     p.add_argument("--list-methods", action="store_true", help="print the registered methods and exit")
     return p
 
@@ -370,6 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if (plan.output / "tune").exists():
                 raise UsageError(f"{plan.output} already holds a run; pass --resume to continue it, "
                                  "or another --output")
+        from harness.evaluate import check_retrain_args
+
+        check_retrain_args(args.retrain_top, args.retrain_epochs)  # bad values fail before the search
         data_info = check_data(plan.experiment)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -392,8 +400,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = summary[summary["status"] != "ok"]
     if len(failed):
         print(f"{len(failed)} of {len(summary)} trials did not succeed (reasons above and in summary.csv)")
-        return 1
-    return 0
+    if args.retrain_top is not None:
+        from harness.evaluate import format_table as format_evaluation, retrain_after_search
+
+        try:
+            evaluation = retrain_after_search(
+                plan.output, args.retrain_top, args.retrain_epochs, cpus_per_trial=args.cpus_per_trial,
+                gpus_per_trial=args.gpus_per_trial, address=args.address, num_gpus=args.num_gpus,
+                max_failures=args.max_failures)
+        except UsageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(format_evaluation(evaluation))
+        if (evaluation["status"] != "ok").any():
+            return 1
+    return 1 if len(failed) else 0
 
 
 if __name__ == "__main__":

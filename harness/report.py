@@ -198,6 +198,9 @@ def write_report(run_dir: str | Path, expected: Sequence[tuple[str, int]] = (),
                   derived_arch=summary["derived_arch"].fillna(""), error=summary["error"].fillna(""))), ""]
     lines += [f"![{p}]({p})" for p in plots]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    from harness.evaluate import refresh_run_report  # here: evaluate imports compare, which imports report
+
+    refresh_run_report(run_dir)  # keeps the from-scratch evaluation section, if the run has one
     return summary
 
 

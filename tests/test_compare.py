@@ -106,9 +106,8 @@ def test_resume_continues_an_interrupted_run(tmp_path, cache):
         else:
             pytest.fail("no checkpoint within 240 s")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         proc.wait()
-        subprocess.run(["ray", "stop", "--force"], capture_output=True)  # workers of the killed driver
     done_before = len(pd.read_csv(history))
     assert done_before < 6 and not (out / "trials" / "spos-seed0" / "result.json").exists()
 
@@ -154,3 +153,16 @@ def test_a_benchmark_of_another_space_exits_2(tmp_path, cache):
     proc = compare("--methods", "params", "--dataset", "synthetic", "--benchmark", str(partial),
                    "--output", str(tmp_path / "run2"), cache=cache, timeout=120)
     assert proc.returncode == 2 and "lacks" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.smoke
+def test_retrain_top_trains_the_derived_archs_in_the_same_run(tmp_path, cache):
+    out = tmp_path / "run"
+    proc = compare("--methods", "params,random", "--seeds", "0", "--budget", "smoke", "--dataset", "synthetic",
+                   "--retrain-top", "1", "--retrain-epochs", "1", "--output", str(out), cache=cache)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    evaluation = pd.read_csv(out / "evaluation.csv")
+    # each trial's derived arch plus its best-scored arch (params: the same all-conv3x3 cell, deduplicated)
+    assert set(evaluation["status"]) == {"ok"} and 2 <= len(evaluation) <= 4
+    assert evaluation["test_top1"].between(0, 100).all() and (evaluation["epochs"] == 1).all()
+    assert "## Evaluation" in (out / "report.md").read_text()
