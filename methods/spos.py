@@ -71,7 +71,7 @@ class SPOSConfig:
         if budget == "paper":
             return cls()
         if budget == "cpu":
-            # ~3 CPU-minutes of training on a 10k-image half; evolution kept small because
+            # ~2 CPU-minutes of training on a 5k-image half; evolution kept small because
             # every fitness call costs a BN recalibration (~2 s on one core). Scored by one-shot
             # loss: on the development sample (arch seed 0) one-shot accuracy gave tau -0.18 after
             # 15 epochs, and ANCHORS.md's laptop calibration found loss the better score (0.34 vs 0.15).
