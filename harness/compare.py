@@ -22,38 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.config import ExperimentConfig, parse_eval_archs
+from harness.config import ExperimentConfig, UsageError, parse_eval_archs, parse_seeds
 from harness.report import format_table, write_report
 from harness.trial import RunContext, provenance, ray_trainable, trial_name
 
 DEFAULT_BENCHMARK_HINT = "../shared/data/nb201/nb201_test_acc_200ep.csv"
 
 
-class UsageError(Exception):
-    """Bad input: reported as one line, exit code 2."""
-
-
 # --------------------------------------------------------------------------- arguments
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"``, ``"0-9"`` or a mix like ``"0-2,7"``."""
-    seeds: list[int] = []
-    try:
-        for part in str(text).split(","):
-            part = part.strip()
-            if "-" in part:
-                lo, hi = (int(v) for v in part.split("-", 1))
-                if hi < lo:
-                    raise ValueError
-                seeds.extend(range(lo, hi + 1))
-            elif part:
-                seeds.append(int(part))
-    except ValueError:
-        raise UsageError(f"--seeds must look like 0,1,2 or 0-9, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise UsageError(f"--seeds must list distinct non-negative integers, got {text!r}")
-    return seeds
 
 
 def parse_overrides(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:

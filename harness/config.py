@@ -14,6 +14,30 @@ from methods.base import BUDGETS, config_from_dict, config_to_dict
 SPACES = ("nb201",)
 
 
+class UsageError(Exception):
+    """Bad input: reported as one line, exit code 2."""
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"``, ``"0-9"`` or a mix like ``"0-2,7"``."""
+    seeds: list[int] = []
+    try:
+        for part in str(text).split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            elif part:
+                seeds.append(int(part))
+    except ValueError:
+        raise UsageError(f"--seeds must look like 0,1,2 or 0-9, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UsageError(f"--seeds must list distinct non-negative integers, got {text!r}")
+    return seeds
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     budget: str = "smoke"

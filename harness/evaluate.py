@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness.compare import UsageError, parse_seeds
-from harness.trial import RaySession, Session, TrialInterrupted, _device_name, _json_safe, \
-    _write_json, provenance, select_device
+from harness.config import UsageError, parse_seeds
+from harness.trial import RaySession, Session, TrialInterrupted, device_name, json_safe, \
+    write_json, provenance, select_device
 
 EVAL_DIR = "evaluation"            # trial directories: <output>/evaluation/<trial>/
 TUNE_DIR = "tune-evaluate"         # Tune's experiment folder (beside a search run's tune/)
@@ -248,13 +248,13 @@ def _evaluate(config, arch_str, seed, context, session, trial_dir) -> dict[str, 
     params, flops = count_parameters(model), count_macs(model, r.image_size, "cpu")
     trainer = Trainer(model, r, device, data.steps_per_epoch)
     truth = (context.truth or {}).get(arch_str)
-    _write_json(trial_dir / "config.json", {
+    write_json(trial_dir / "config.json", {
         "arch": arch_str, "seed": seed, "job": job.to_dict(), "recipe": r.to_dict(),
         "source": context.sources.get(arch_str), "truth": truth, "metric": context.metric,
         "benchmark": context.benchmark, "params": params, "flops": flops,
         "data": {"source": data.source, "train_images": data.n_train, "test_images": data.n_test,
                  "num_classes": data.num_classes, "steps_per_epoch": data.steps_per_epoch},
-        "device": _device_name(device), "bf16_autocast": trainer.amp, "channels_last": trainer.channels_last,
+        "device": device_name(device), "bf16_autocast": trainer.amp, "channels_last": trainer.channels_last,
         **context.provenance,
     })
 
@@ -283,7 +283,7 @@ def _evaluate(config, arch_str, seed, context, session, trial_dir) -> dict[str, 
         state = {"trainer": trainer.state_dict(), "data": data.state_dict(), "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                  "history": history, "epoch": epoch, "wall_s": metrics["wall_s"]}
-        session.report(_json_safe(metrics), state)
+        session.report(json_safe(metrics), state)
 
     last = history[-1]
     final = {
@@ -294,8 +294,8 @@ def _evaluate(config, arch_str, seed, context, session, trial_dir) -> dict[str, 
         "source": context.sources.get(arch_str), "recipe": r.name, "C": r.C, "N": r.N,
         "train_images": data.n_train, "test_images": data.n_test, "epoch": r.epochs, "done": True,
     }
-    _write_json(trial_dir / "result.json", _json_safe(final))
-    session.report(_json_safe(final), None)
+    write_json(trial_dir / "result.json", json_safe(final))
+    session.report(json_safe(final), None)
     return final
 
 
@@ -753,7 +753,7 @@ def retrain_after_search(run_dir: str | Path, top_k: int = 0, epochs: int | None
             benchmark=run.get("benchmark"), metric=None, from_run=run_dir,
             command=f"harness.compare --retrain-top {top_k}" + (f" --retrain-epochs {epochs}" if epochs else ""))
         check_data(plan)
-        _write_json(run_dir / PLAN_FILE, plan.to_dict())
+        write_json(run_dir / PLAN_FILE, plan.to_dict())
     print(f"evaluating {len(plan.archs)} arch(s) x {len(plan.seeds)} seed(s) from scratch "
           f"(recipe {plan.recipe.name}, {plan.recipe.epochs} epochs)", flush=True)
     errors = run_plan(plan, resume=resume, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
@@ -914,7 +914,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_info = check_data(plan)
         plan.output.mkdir(parents=True, exist_ok=True)
         if not args.resume:
-            _write_json(plan.output / PLAN_FILE, plan.to_dict())
+            write_json(plan.output / PLAN_FILE, plan.to_dict())
         r = plan.recipe
         print(f"output: {plan.output}")
         print(f"data: {data_info}")

@@ -173,13 +173,13 @@ def _run(config, exp, method_name, seed, context, session, trial_dir) -> dict[st
     device = p.setup.device
     archs = [Arch.from_str(s) for s in context.archs]
 
-    _write_json(trial_dir / "config.json", {
+    write_json(trial_dir / "config.json", {
         "method": method_name, "seed": seed, "budget": exp.budget,
         "experiment": exp.to_dict(), "method_config": config_to_dict(cfg),
         "arch_set": context.arch_set, "n_archs": len(archs), "metric": context.metric,
         "data": {"dataset": data.name, "source": data.source, "train_half": p.train_half,
                  "valid_half": p.valid_half, "calib": exp.calib_images, "valid": exp.valid_images},
-        "device": _device_name(device), **context.provenance, "host": socket.gethostname(),
+        "device": device_name(device), **context.provenance, "host": socket.gethostname(),
     })
 
     history: list[dict[str, Any]] = []
@@ -217,7 +217,7 @@ def _run(config, exp, method_name, seed, context, session, trial_dir) -> dict[st
             "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
             "history": history, "epoch": epoch, "wall_s": metrics["wall_s"],
         }
-        session.report(_json_safe(metrics), state)
+        session.report(json_safe(metrics), state)
 
     if scores is None:  # no training epochs (baselines) or resumed after the last epoch
         scores = method.score(archs)
@@ -225,8 +225,8 @@ def _run(config, exp, method_name, seed, context, session, trial_dir) -> dict[st
     final = _finish(method, method_name, seed, cfg, exp, context, archs, scores, trial_dir)
     final.update({"epoch": total, "epochs": total, "done": True,
                   "wall_s": wall_before + time.time() - resumed_at, "total_s": time.time() - started})
-    _write_json(trial_dir / "result.json", _json_safe(final))
-    session.report(_json_safe(final), None)
+    write_json(trial_dir / "result.json", json_safe(final))
+    session.report(json_safe(final), None)
     return final
 
 
@@ -237,13 +237,13 @@ def _finish(method, method_name, seed, cfg, exp, context, archs, scores, trial_d
     table.to_csv(trial_dir / "scores.csv", index=False)
     derived = method.derive()
     derived_truth = (context.truth_of_all or {}).get(derived.to_str())
-    _write_json(trial_dir / "derived.json", {
+    write_json(trial_dir / "derived.json", {
         "arch": derived.to_str(), "truth": derived_truth, "metric": context.metric,
         "params": count_params(derived, 16, 5, 10), "canonical": derived.canonical(),
     })
     extras = getattr(method, "extras", None)
     if callable(extras):
-        _write_json(trial_dir / "method.json", _json_safe(extras()))
+        write_json(trial_dir / "method.json", json_safe(extras()))
     result = {"method": method_name, "seed": seed, "derived_arch": derived.to_str(),
               "derived_truth": derived_truth, "derived_params": count_params(derived, 16, 5, 10),
               "n_archs": len(archs), "n_unique": int(sum(context.unique_mask))}
@@ -331,17 +331,17 @@ def _git_sha() -> str | None:
     return f"{sha}-dirty" if sha and dirty.stdout.strip() else sha
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return torch.cuda.getdevice_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, (np.floating, np.integer)):
         return obj.item()
     if isinstance(obj, torch.Tensor):
@@ -349,7 +349,7 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     tmp.replace(path)

@@ -15,7 +15,7 @@ import torch
 
 from benchmarks.train import recipe
 from harness import evaluate as ev
-from harness.compare import UsageError
+from harness.config import UsageError
 from harness.evaluate import EvalContext, EvalJob, archs_from_run, eval_trial_name, run_evaluation_trial
 from harness.trial import LocalSession, TrialInterrupted
 
