@@ -154,7 +154,7 @@ class Bench:
         archs = [random_arch(rng) for _ in range(k)]
         supernet = SuperNet(self.C, self.N).to(self.device)
         g = torch.Generator().manual_seed(1)
-        n_batches, bs = (2, 32) if self.quick else (4, 256)
+        n_batches, bs = (2, 32) if self.quick else (1, 256)  # per arch: one calibration + one validation batch
         calib = [(torch.randn(bs, 3, 32, 32, generator=g).to(self.device),
                   torch.randint(0, 10, (bs,), generator=g).to(self.device)) for _ in range(n_batches)]
         valid = [(torch.randn(bs, 3, 32, 32, generator=g).to(self.device),
@@ -170,7 +170,7 @@ class Bench:
                 for x, _ in calib + valid:
                     supernet(x, plan)
 
-        t_scored, t_bare = interleaved([scored, bare], max(1, self.repeats // 3), 1, self.sync)
+        t_scored, t_bare = interleaved([scored, bare], 1 if not self.quick else 2, 1 if self.quick else 0, self.sync)
         return Row("scoring", t_scored / t_bare, 1.2, f"{t_scored:.2f} s vs {t_bare:.2f} s",
                    f"{k} archs, {2 * n_batches} batches of {bs} each")
 
