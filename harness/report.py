@@ -214,12 +214,17 @@ def format_table(summary: pd.DataFrame) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.report", description="Rebuild a run's report.")
     parser.add_argument("run_dir", help="the --output directory of a harness.compare run")
+    parser.add_argument("--table", action="store_true",
+                        help="only print the per-method Markdown table (mean ± std over seeds); write nothing")
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     if not (run_dir / "trials").is_dir():
         print(f"error: {run_dir} has no trials/ folder; pass the --output directory of a harness.compare run",
               file=sys.stderr)
         return 2
+    if args.table:
+        print(_markdown_table(aggregate(collect(run_dir.resolve()))))
+        return 0
     summary = write_report(run_dir)
     print(format_table(summary))
     print(f"\nwrote {run_dir / 'summary.csv'} and {run_dir / 'report.md'}")
