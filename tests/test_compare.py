@@ -50,6 +50,9 @@ def test_smoke_compare_on_synthetic_data(tmp_path, cache):
                              capture_output=True, text=True, timeout=120)
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert len(pd.read_csv(out / "summary.csv")) == 6
+    table = subprocess.run([sys.executable, "-m", "harness.report", str(out), "--table"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert table.stdout.startswith("| method | trials | kendall_tau") and "| spos | 2/2 ok |" in table.stdout
 
 
 @pytest.mark.smoke
