@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.config import ExperimentConfig, UsageError, parse_eval_archs, parse_seeds
+from harness.progress import progress_callback
 from harness.report import format_table, write_report
 from harness.trial import RunContext, provenance, ray_trainable, trial_name
 
@@ -226,38 +227,10 @@ def check_data(exp: ExperimentConfig) -> str:
 # --------------------------------------------------------------------------- Ray
 
 
-class _Progress:
-    """A Tune callback printing one line per epoch, error and completion (Ray's table is off)."""
-
-    def __new__(cls, *args, **kwargs):  # built lazily so importing this module does not import ray
-        from ray.tune import Callback
-
-        class Progress(Callback):
-            def __init__(self) -> None:
-                self.t0 = time.time()
-
-            def _line(self, trial, text: str) -> None:
-                name = trial_name(trial.config["method"], trial.config["seed"])
-                print(f"[{time.time() - self.t0:7.1f}s] {name:<18} {text}", flush=True)
-
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                if result.get("done"):
-                    tau = result.get("kendall_tau")
-                    extra = f" tau {tau:.3f}" if isinstance(tau, float) else ""
-                    self._line(trial, f"finished: derived {result.get('derived_arch')}{extra}")
-                    return
-                parts = [f"epoch {result.get('epoch')}/{result.get('epochs')}"]
-                for key in ("train_loss", "train_acc", "kendall_tau"):
-                    if isinstance(result.get(key), (int, float)):
-                        parts.append(f"{key} {result[key]:.3f}")
-                if isinstance(result.get("epoch_s"), (int, float)):
-                    parts.append(f"({result['epoch_s']:.1f}s)")
-                self._line(trial, " ".join(parts))
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self._line(trial, "FAILED (see summary)")
-
-        return Progress(*args, **kwargs)
+def _done_line(result: dict) -> str:
+    tau = result.get("kendall_tau")
+    extra = f" tau {tau:.3f}" if isinstance(tau, float) else ""
+    return f"finished: derived {result.get('derived_arch')}{extra}"
 
 
 def _trial_name(trial) -> str:
@@ -295,7 +268,9 @@ def run(plan: Plan, args: argparse.Namespace) -> tuple[int, Any]:
                              "experiment": plan.experiment.to_dict(), "overrides": plan.overrides},
                 tune_config=tune.TuneConfig(trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
                 run_config=tune.RunConfig(
-                    name="tune", storage_path=str(plan.output), verbose=0, callbacks=[_Progress()],
+                    name="tune", storage_path=str(plan.output), verbose=0, callbacks=[progress_callback(
+                        lambda c: trial_name(c["method"], c["seed"]), _done_line,
+                        ("train_loss", "train_acc", "kendall_tau"))],
                     failure_config=tune.FailureConfig(max_failures=args.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 ),

@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 
 from harness.config import UsageError, parse_seeds
+from harness.progress import progress_callback
 from harness.trial import RaySession, Session, TrialInterrupted, device_name, json_safe, \
     write_json, provenance, select_device
 
@@ -463,39 +464,10 @@ def check_data(plan: EvalPlan) -> str:
 # --------------------------------------------------------------------------- Ray
 
 
-class _Progress:
-    """A Tune callback printing one line per epoch, error and completion (Ray's table is off)."""
-
-    def __new__(cls, *args, **kwargs):  # built lazily so importing this module does not import ray
-        from ray.tune import Callback
-
-        class Progress(Callback):
-            def __init__(self) -> None:
-                self.t0 = time.time()
-
-            def _line(self, trial, text: str) -> None:
-                name = eval_trial_name(trial.config["arch"], trial.config["seed"])
-                print(f"[{time.time() - self.t0:7.1f}s] {name:<28} {text}", flush=True)
-
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                if result.get("done"):
-                    truth = result.get("truth")
-                    extra = f" (ground truth {truth:.2f})" if isinstance(truth, (int, float)) else ""
-                    self._line(trial, f"finished: test top-1 {result.get('test_top1'):.2f} "
-                                      f"top-5 {result.get('test_top5'):.2f}{extra}")
-                    return
-                parts = [f"epoch {result.get('epoch')}/{result.get('epochs')}"]
-                for key in ("train_loss", "train_acc", "test_top1", "lr"):
-                    if isinstance(result.get(key), (int, float)):
-                        parts.append(f"{key} {result[key]:.3f}")
-                if isinstance(result.get("epoch_s"), (int, float)):
-                    parts.append(f"({result['epoch_s']:.1f}s)")
-                self._line(trial, " ".join(parts))
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self._line(trial, "FAILED (see the summary)")
-
-        return Progress(*args, **kwargs)
+def _done_line(result: dict) -> str:
+    truth = result.get("truth")
+    extra = f" (ground truth {truth:.2f})" if isinstance(truth, (int, float)) else ""
+    return f"finished: test top-1 {result.get('test_top1'):.2f} top-5 {result.get('test_top5'):.2f}{extra}"
 
 
 def _tune_trial_name(trial) -> str:
@@ -544,7 +516,9 @@ def run_plan(plan: EvalPlan, *, resume: bool = False, cpus_per_trial: float = 1.
                 tune_config=tune.TuneConfig(trial_name_creator=_tune_trial_name,
                                             trial_dirname_creator=_tune_trial_name),
                 run_config=tune.RunConfig(
-                    name=TUNE_DIR, storage_path=str(plan.output), verbose=0, callbacks=[_Progress()],
+                    name=TUNE_DIR, storage_path=str(plan.output), verbose=0, callbacks=[progress_callback(
+                        lambda c: eval_trial_name(c["arch"], c["seed"]), _done_line,
+                        ("train_loss", "train_acc", "test_top1", "lr"), width=28)],
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
             )
