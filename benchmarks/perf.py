@@ -219,6 +219,7 @@ def ray_overhead(quick: bool, data_root: str | None) -> Row:
     from harness.compare import build_context
     from harness.config import ExperimentConfig
     from harness.trial import LocalSession, run_trial
+    import torch
 
     budget = "smoke" if quick else "cpu"
     common = dict(epochs=1 if quick else 3, eval_archs="10" if quick else "50")
@@ -231,9 +232,12 @@ def ray_overhead(quick: bool, data_root: str | None) -> Row:
         t_inproc = time.perf_counter() - t0
 
         out = Path(tmp) / "ray"
+        # Ray gives a trial as many torch threads as CPUs (OMP_NUM_THREADS): ask for the threads
+        # the in-process run used, or the ratio measures thread count instead of Ray.
+        threads = torch.get_num_threads()
         args = [sys.executable, "-m", "harness.compare", "--methods", "spos", "--seeds", "0", "--budget", budget,
                 "--dataset", dataset, "--no-download", "--epochs", str(common["epochs"]),
-                "--eval-archs", common["eval_archs"], "--output", str(out)]
+                "--eval-archs", common["eval_archs"], "--cpus-per-trial", str(threads), "--output", str(out)]
         if data_root:
             args += ["--data-root", data_root]
         t0 = time.perf_counter()
@@ -245,7 +249,8 @@ def ray_overhead(quick: bool, data_root: str | None) -> Row:
     t_trial = result["total_s"]
     return Row("ray", t_trial / t_inproc, 1.10,
                f"trial {t_trial:.1f} s in Ray vs {t_inproc:.1f} s in-process; start-up {t_total - t_trial:.1f} s",
-               f"{budget} budget SPOS, {common['epochs']} epochs, {dataset}; start-up = process, Ray init, shutdown")
+               f"{budget} budget SPOS, {common['epochs']} epochs, {dataset}, {threads} threads both; "
+               "start-up = process, Ray init, shutdown")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
