@@ -91,7 +91,6 @@ NUM_EVENTS = 12  # forward/backward: 3 nodes x (3 prunes + 1 decision); topology
 _EPS = 1e-9
 
 
-
 @dataclass(frozen=True)
 class HOPNASConfig:
     epochs: int = 250

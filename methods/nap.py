@@ -61,7 +61,6 @@ CANDIDATES = tuple(range(1, len(OPS)))  # ops that have a strength: every op but
 _EPS = 1e-9
 
 
-
 @dataclass(frozen=True)
 class NAPConfig:
     epochs: int = 50
