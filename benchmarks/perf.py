@@ -235,9 +235,10 @@ def ray_overhead(quick: bool, data_root: str | None) -> Row:
         # Ray gives a trial as many torch threads as CPUs (OMP_NUM_THREADS): ask for the threads
         # the in-process run used, or the ratio measures thread count instead of Ray.
         threads = torch.get_num_threads()
-        args = [sys.executable, "-m", "harness.compare", "--methods", "spos", "--seeds", "0", "--budget", budget,
+        args: list[str] = [
+                sys.executable, "-m", "harness.compare", "--methods", "spos", "--seeds", "0", "--budget", budget,
                 "--dataset", dataset, "--no-download", "--epochs", str(common["epochs"]),
-                "--eval-archs", common["eval_archs"], "--cpus-per-trial", str(threads), "--output", str(out)]
+                "--eval-archs", str(common["eval_archs"]), "--cpus-per-trial", str(threads), "--output", str(out)]
         if data_root:
             args += ["--data-root", data_root]
         t0 = time.perf_counter()

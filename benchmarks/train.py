@@ -297,7 +297,8 @@ def learning_rate(r: Recipe, epoch: int, step: int, steps_per_epoch: int) -> flo
 def _param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict[str, Any]]:
     if decay_norm_and_bias:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
@@ -584,13 +585,15 @@ class ImageNetData:
         self.num_classes = len(self.classes)
         self.source = f"ImageFolder {root} ({len(self.train_set)} train / {len(self.val_set)} val images)"
         cuda = torch.device(device).type == "cuda"
-        common = dict(num_workers=r.workers, pin_memory=cuda, persistent_workers=r.workers > 0)
+        workers = int(r.workers)
         self._sampler = _EpochSampler(len(self.train_set), seed, shuffle=True)
         self._train_loader = torch.utils.data.DataLoader(
             self.train_set, batch_size=r.batch_size, sampler=self._sampler,
-            drop_last=drop_last_for(len(self.train_set), r.batch_size), **common)
+            drop_last=drop_last_for(len(self.train_set), r.batch_size),
+            num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0)
         self._val_loader = torch.utils.data.DataLoader(self.val_set, batch_size=r.eval_batch_size, shuffle=False,
-                                                       **common)
+                                                       num_workers=workers, pin_memory=cuda,
+                                                       persistent_workers=workers > 0)
 
     @property
     def steps_per_epoch(self) -> int:

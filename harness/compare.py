@@ -164,7 +164,7 @@ def build_context(exp: ExperimentConfig, output: Path) -> RunContext:
     elif spec == "unique":
         archs, described = unique_archs(), "the 6,466 benchmark-distinct cells"
     else:
-        archs = random.Random(exp.arch_seed).sample(list(all_archs()), spec)
+        archs = random.Random(exp.arch_seed).sample(list(all_archs()), int(spec))
         described = f"seeded sample of {spec} from the 15,625 cells (arch seed {exp.arch_seed})"
     seen: set[str] = set()
     unique_mask = []
@@ -194,7 +194,7 @@ def build_context(exp: ExperimentConfig, output: Path) -> RunContext:
                       truth_of_all=truth_of_all, metric=metric, output=str(output), provenance=provenance())
 
 
-def _parses(s: str, arch_cls: type) -> bool:
+def _parses(s: str, arch_cls: Any) -> bool:
     try:
         arch_cls.from_str(s)
         return True
@@ -279,7 +279,7 @@ def run(plan: Plan, args: argparse.Namespace) -> tuple[int, Any]:
     finally:
         ray.shutdown()
     errors = {}
-    for result in results:
+    for result in (results[i] for i in range(len(results))):
         if result.error is not None and result.config:
             lines = [ln for ln in str(result.error).strip().splitlines() if ln.strip()]
             errors[(result.config["method"], int(result.config["seed"]))] = lines[-1][:500] if lines else "error"

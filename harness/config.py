@@ -79,7 +79,7 @@ class ExperimentConfig:
 
     @classmethod
     def preset(cls, budget: str, **overrides: Any) -> "ExperimentConfig":
-        base = {
+        base: dict[str, dict[str, Any]] = {
             "smoke": dict(C=8, N=1, train_per_class=20, calib_images=128, valid_images=128, eval_archs="20"),
             # ~5 CPU-minutes a trial: 5k images per half, 100 archs scored (measured: 10k images
             # per half made the all-ops methods take 10-15 core-minutes).
@@ -118,7 +118,7 @@ def parse_eval_archs(spec: str) -> int | str:
     return n
 
 
-def method_config(method_cls: type, budget: str, epochs: int | None, overrides: Mapping[str, Any]) -> Any:
+def method_config(method_cls: Any, budget: str, epochs: int | None, overrides: Mapping[str, Any]) -> Any:
     """A method's resolved config: its budget preset, then ``epochs``, then field overrides."""
     cfg = method_cls.Config.preset(budget)
     changes = dict(overrides)

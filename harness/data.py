@@ -494,7 +494,7 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
+                np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy stubs: allow_pickle clash
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
@@ -671,6 +671,20 @@ def normalize(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 def _check_batch(x: torch.Tensor) -> None:
     if x.dtype != torch.uint8 or x.dim() != 4:
         raise DataError(f"expected a uint8 batch (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+
+
+def random_batch(data: ImageSet, n: int, seed: int, *, mean: Sequence[float], std: Sequence[float],
+                 device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` images of ``data`` drawn uniformly without replacement with ``seed``, normalised.
+
+    The one minibatch of a training-free proxy: the same seed gives the same images, whatever
+    else was drawn before. Not augmented (the proxies' papers score unaugmented batches).
+    """
+    if not 1 <= n <= len(data):
+        raise DataError(f"random_batch: n must be between 1 and {len(data)} (the set's size), got {n}")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
+    picked = data.subset(order).to(device)
+    return normalize(picked.images, mean, std), picked.labels
 
 
 # --------------------------------------------------------------------------- batching

@@ -175,6 +175,8 @@ class _StreamedData:
     def __init__(self, job: EvalJob, r: Any, seed: int, device: torch.device) -> None:
         from benchmarks.train import ImageNetData
 
+        if job.data_root is None:
+            raise ValueError("ImageNet evaluation needs --data-root (an ImageFolder tree with train/ and val/)")
         self.data = ImageNetData(job.data_root, r, seed=seed, device=device, train_images=job.train_images,
                                  val_images=job.test_images, subset_seed=job.subset_seed)
         self.num_classes = self.data.num_classes
@@ -449,6 +451,8 @@ def check_data(plan: EvalPlan) -> str:
     job, r = plan.job, plan.recipe
     try:
         if job.dataset == "imagenet":
+            if job.data_root is None:
+                raise UsageError("--dataset imagenet needs --data-root PATH (an ImageFolder tree with train/ and val/)")
             classes = check_imagenet_root(job.data_root)
             return f"imagenet: ImageFolder {job.data_root} ({len(classes)} classes)"
         data = load_dataset(job.dataset, job.data_root, cache_dir=job.cache_dir, download=job.download,
@@ -527,7 +531,7 @@ def run_plan(plan: EvalPlan, *, resume: bool = False, cpus_per_trial: float = 1.
         if started:
             ray.shutdown()
     errors: dict[tuple[str, int], str] = {}
-    for result in results:
+    for result in (results[i] for i in range(len(results))):
         if result.error is not None and result.config:
             lines = [ln for ln in str(result.error).strip().splitlines() if ln.strip()]
             errors[(result.config["arch"], int(result.config["seed"]))] = lines[-1][:500] if lines else "error"

@@ -142,7 +142,7 @@ class Prepared:
 
 def prepare(exp: ExperimentConfig, method_name: str, seed: int, overrides: dict[str, Any] | None = None) -> Prepared:
     """Data, the fixed scoring batches and the method, exactly as a trial builds them."""
-    from harness.data import Batches, fixed_batches, load_dataset, search_split, stratified_subset
+    from harness.data import Batches, fixed_batches, load_dataset, random_batch, search_split, stratified_subset
 
     method_cls = get_method(method_name)
     cfg = method_config(method_cls, exp.budget, exp.epochs, overrides or {})
@@ -151,13 +151,14 @@ def prepare(exp: ExperimentConfig, method_name: str, seed: int, overrides: dict[
     data = load_dataset(exp.dataset, exp.data_root, cache_dir=exp.cache_dir, download=exp.download,
                         synthetic_train=exp.synthetic_train, synthetic_test=exp.synthetic_test)
     train_half, valid_half = search_split(data.train, seed=exp.split_seed, per_class=exp.train_per_class)
-    norm = dict(mean=data.mean, std=data.std)
+    norm: dict[str, Any] = dict(mean=data.mean, std=data.std)
     calib = fixed_batches(stratified_subset(train_half, min(exp.calib_images, len(train_half)), exp.arch_seed),
                           exp.eval_batch_size, device=device, **norm)
     valid = fixed_batches(stratified_subset(valid_half, min(exp.valid_images, len(valid_half)), exp.arch_seed),
                           exp.eval_batch_size, device=device, **norm)
     setup = SearchSetup(C=exp.C, N=exp.N, num_classes=data.num_classes, device=device, seed=seed,
-                        calib=calib, valid=valid)
+                        calib=calib, valid=valid,
+                        sample_batch=lambda n, s: random_batch(train_half, n, s, device=device, **norm))
     return Prepared(
         method=method_cls(cfg, setup), cfg=cfg, setup=setup, data=data,
         train_batches=Batches(train_half, cfg.batch_size, seed=seed, device=device, **norm),
@@ -333,7 +334,7 @@ def _git_sha() -> str | None:
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.getdevice_name(device)
+        return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
 
 

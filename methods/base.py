@@ -19,7 +19,7 @@ import math
 import random
 from dataclasses import dataclass, field
 import contextlib
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Callable, cast, ClassVar, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -54,6 +54,10 @@ class SearchSetup:
     seed: int
     calib: list[Batch] = field(default_factory=list)
     valid: list[Batch] = field(default_factory=list)
+    # ``sample_batch(n, seed)``: ``n`` training images of the search's train half (normalised,
+    # not augmented, labels included) drawn with ``seed``, on ``device``. Training-free proxies
+    # use it for their one minibatch; ``None`` where the harness has no data to give.
+    sample_batch: Callable[[int, int], Batch] | None = None
 
 
 @runtime_checkable
@@ -74,7 +78,7 @@ class SearchMethod(Protocol):
 
 # --------------------------------------------------------------------------- registry
 
-METHODS: dict[str, type] = {}
+METHODS: dict[str, Any] = {}  # name -> method class (a SearchMethod)
 _M = TypeVar("_M", bound=type)
 
 
@@ -90,17 +94,13 @@ def register(cls: _M) -> _M:
 
 
 def _load_builtin_methods() -> None:
-    # Import for the side effect of registration; kept lazy so `import methods.base` is cheap.
-    from methods import baselines, spos  # noqa: F401
-    for module in ("hopnas", "nap", "dnal", "pdarts"):
-        try:
-            __import__(f"methods.{module}")
-        except ModuleNotFoundError as err:
-            if err.name != f"methods.{module}":
-                raise
+    # Imported for the side effect of registration, explicitly: a missing or renamed method file
+    # fails here with ModuleNotFoundError instead of silently vanishing from the registry.
+    # Kept lazy so that `import methods.base` stays cheap and the concrete methods can import it.
+    from methods import baselines, dnal, hopnas, nap, pdarts, proxies, spos  # noqa: F401
 
 
-def get_method(name: str) -> type:
+def get_method(name: str) -> Any:
     _load_builtin_methods()
     if name not in METHODS:
         raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(sorted(METHODS))}")
@@ -119,7 +119,7 @@ _C = TypeVar("_C")
 
 def config_from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
     """Build a frozen config dataclass from a JSON-like dict; unknown keys raise."""
-    names = {f.name: f for f in dataclasses.fields(cls)}
+    names = {f.name: f for f in dataclasses.fields(cast(Any, cls))}
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ValueError(f"unknown {cls.__qualname__} field(s) {unknown}; known fields: {sorted(names)}")
@@ -161,7 +161,8 @@ def coerce_field(cls: type, key: str, text: str) -> Any:
 
 def sgd(params_or_model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> torch.optim.SGD:
     """SGD with weight decay only on conv/linear weights (not on BN parameters or biases)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in params_or_model.named_parameters():
         if not p.requires_grad:
             continue
@@ -208,7 +209,7 @@ class Meter:
         self.n += b
 
     def result(self, prefix: str) -> dict[str, float]:
-        if self.n == 0:
+        if self.n == 0 or self._loss_t is None or self._correct_t is None:
             return {}
         return {f"{prefix}_loss": float(self._loss_t) / self.n, f"{prefix}_acc": float(self._correct_t) / self.n}
 

@@ -46,7 +46,7 @@ epochs (NB201's reference for an all-ops, DARTS-style supernet) + 10 arch epochs
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Iterable, Sequence
+from typing import ClassVar, Iterable, Sequence, cast
 
 import numpy as np
 import torch
@@ -152,15 +152,16 @@ class _Gates(nn.Module):
             for c in cell_channels)
 
     def gate(self, cell: int, edge: int, op: int) -> ScaledSigmoidGate:
-        return self.cells[cell][edge][op - 1]
+        gates = cast(nn.ModuleList, cast(nn.ModuleList, self.cells[cell])[edge])
+        return cast(ScaledSigmoidGate, gates[op - 1])
 
     def table(self, fn) -> np.ndarray:
         """``fn(gate)`` for every (cell, edge, op) as a float64 array (cells, 6, 5); ``none`` column NaN."""
         out = np.full((len(self.cells), NUM_EDGES, len(OPS)), np.nan)
-        for c, cell in enumerate(self.cells):
+        for c in range(len(self.cells)):
             for e in range(NUM_EDGES):
                 for o in _GATED_OPS:
-                    out[c, e, o] = fn(cell[e][o - 1])
+                    out[c, e, o] = fn(self.gate(c, e, o))
         return out
 
 
@@ -194,7 +195,7 @@ class DNAL:
                 terms = []
                 for o in _GATED_OPS:
                     coef = self.gates.gate(c, e, o).coef()
-                    if self.gates.gate(c, e, o).mode == "hard" and not bool(coef.any()):
+                    if coef is not None and self.gates.gate(c, e, o).mode == "hard" and not bool(coef.any()):
                         continue  # never run an op whose coefficient is zero
                     terms.append(Term(o, coef))
                 cell.append(terms)

@@ -287,6 +287,7 @@ class HOPNAS:
                 for o in self.alive_ops(e):
                     if not kept_any[c][e][o]:
                         continue  # dropped for every sample: never run it
+                    coef: float | torch.Tensor | None
                     if kept_all[c][e][o]:
                         coef = None if not self.cfg.rescale else float(scale[e])
                     else:

@@ -208,7 +208,8 @@ class NAP:
         self.supernet.train()
         meter = Meter()
         valid_iter = iter(valid)
-        arch_loss, arch_steps = None, 0
+        arch_loss: torch.Tensor | float = 0.0
+        arch_steps = 0
         for x, y in train:
             if not warm:
                 try:
@@ -217,7 +218,7 @@ class NAP:
                     raise ValueError("NAP needs a validation batch for every training batch, but `valid` "
                                      "ran out first; give it at least as many batches as `train`") from None
                 lv = self.arch_step(xv, yv)
-                arch_loss = lv if arch_loss is None else arch_loss + lv
+                arch_loss = arch_loss + lv
                 arch_steps += 1
             loss, logits = self.weight_step(x, y)
             meter.update(loss, logits, y)

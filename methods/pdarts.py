@@ -242,6 +242,7 @@ class PDARTS:
         weight_params = list(self.supernet.parameters())
         for x, y in train:
             if train_arch:
+                assert valid_batches is not None
                 xv, yv = next(valid_batches)
                 self.arch_opt.zero_grad(set_to_none=True)
                 logits = self.supernet(xv, self._plan(self.alpha, drop_p))

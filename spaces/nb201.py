@@ -19,7 +19,7 @@ import itertools
 import random
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterator, NamedTuple, Sequence, Union
+from typing import Callable, Iterator, NamedTuple, Sequence, Union, cast
 
 import torch
 from torch import nn
@@ -378,7 +378,7 @@ class SuperCell(nn.Module):
         for target in range(1, NUM_NODES):
             terms = []
             for s in range(target):
-                ops = self.edges[k + s]
+                ops = cast(nn.ModuleList, self.edges[k + s])
                 for term in plan[k + s]:
                     coef = term.coef
                     if term.op == NONE or (isinstance(coef, (int, float)) and coef == 0):
@@ -423,7 +423,7 @@ class SuperNet(_Macro):
 
     def op_modules(self, edge: int, op: int) -> list[nn.Module]:
         """The module of (edge, op) in every cell — e.g. to freeze it or read its weights."""
-        return [cell.edges[edge][op] for cell in self.cells]
+        return [cast(nn.ModuleList, cell.edges[edge])[op] for cell in self.cells]
 
     def to_network(self, arch: Arch) -> Network:
         """A standalone ``Network`` of ``arch`` carrying this supernet's weights and BN statistics.
