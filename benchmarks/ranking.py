@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -29,6 +29,7 @@ __all__ = [
     "bootstrap_ci",
     "kendall_tau",
     "kendall_tau_top_k",
+    "paired_bootstrap",
     "precision_at_top_k",
     "ranking_metrics",
     "spearman",
@@ -160,6 +161,55 @@ def bootstrap_ci(
         )
     low, high = np.quantile(estimates, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
+
+
+def paired_bootstrap(
+    metric: Metric,
+    preds: Sequence[ArrayLike],
+    true: ArrayLike,
+    baseline: ArrayLike | None = None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Estimate and percentile bootstrap interval of ``mean_s metric(preds[s], true)`` minus
+    ``metric(baseline, true)`` (when a baseline is given), resampling the archs jointly.
+
+    ``preds`` are score vectors over the same archs (e.g. one per seed); every resample draws
+    one set of arch indices and evaluates every vector, and the baseline, on it — the paired
+    design, so that which archs were drawn cancels out of the difference. Undefined resamples
+    are skipped as in ``bootstrap_ci`` (more than half undefined raises).
+    """
+    t = _as_vector(true, "true")
+    vectors = [_check_pair(p, t)[0] for p in preds]
+    if not vectors:
+        raise ValueError("paired_bootstrap needs at least one score vector")
+    base = None if baseline is None else _check_pair(baseline, t)[0]
+    if not (isinstance(n_boot, int) and n_boot >= 1):
+        raise ValueError(f"n_boot must be a positive int, got {n_boot!r}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+
+    def statistic(idx: np.ndarray | slice) -> float:
+        value = float(np.mean([metric(v[idx], t[idx]) for v in vectors]))
+        return value - float(metric(base[idx], t[idx])) if base is not None else value
+
+    estimate = statistic(slice(None))
+    rng = np.random.default_rng(seed)
+    estimates = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, t.size, size=t.size)
+        try:
+            value = statistic(idx)
+        except ValueError:
+            continue
+        if math.isfinite(value):
+            estimates.append(value)
+    if n_boot - len(estimates) > n_boot / 2:
+        raise ValueError(f"metric undefined on {n_boot - len(estimates)} of {n_boot} bootstrap resamples "
+                         "(more than half); the sample is too small or too tied for a bootstrap interval")
+    low, high = np.quantile(estimates, [alpha / 2, 1 - alpha / 2])
+    return estimate, float(low), float(high)
 
 
 def ranking_metrics(pred: ArrayLike, true: ArrayLike) -> dict[str, float]:

@@ -777,7 +777,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--cache-dir", default=None, help="where decoded datasets are cached")
     data.add_argument("--train-images", type=int, default=None, help="stratified subset of the training set (quick checks)")
     data.add_argument("--test-images", type=int, default=None, help="stratified subset of the test/val set")
-    data.add_argument("--benchmark", default=None, help="ground truth table for the truth column (default: the --from run's)")
+    data.add_argument("--benchmark", default=None,
+                      help="ground truth for the truth column: a table path, 'builtin' (NAS-Bench-201) or 'none' "
+                           "(default: the --from run's, else the built-in table for CIFAR)")
     data.add_argument("--metric", default=None, help="ground-truth column (default: the dataset's test accuracy)")
     rec = p.add_argument_group("recipe (benchmarks.train)")
     rec.add_argument("--recipe", default=None, help="nb201 (CIFAR) | imagenet (default: by dataset)")
@@ -861,11 +863,25 @@ def make_plan(args: argparse.Namespace, command: str) -> EvalPlan:
                                       device=args.device, cpus_per_trial=args.cpus_per_trial)
     output = Path(args.output).expanduser().resolve() if args.output else (
         from_run or Path(f"runs/evaluate-{time.strftime('%Y%m%d-%H%M%S')}").resolve())
-    benchmark = _resolve(args.benchmark) or run.get("benchmark")
+    if args.benchmark:
+        benchmark = _benchmark_path(args.benchmark)
+    elif from_run:
+        benchmark = run.get("benchmark")
+    else:  # the built-in NAS-Bench-201 table has the CIFAR-10/100 truth of every cell
+        benchmark = _benchmark_path(None) if dataset in ("cifar10", "cifar100", "synthetic") else None
     seeds = parse_seeds(args.seeds)
     return build_plan(archs=archs, seeds=seeds, dataset=dataset, recipe_name=args.recipe,
                       recipe_overrides=_recipe_overrides(args), output=output, job_fields=job_fields,
                       benchmark=benchmark, metric=args.metric, from_run=from_run, command=command)
+
+
+def _benchmark_path(text: str | None) -> str | None:
+    from benchmarks.ground_truth import resolve_benchmark
+
+    try:
+        return resolve_benchmark(text)
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 
 SUMMARY_COLUMNS = [
-    "method", "seed", "status", "error", "kendall_tau", "spearman", "p_at_top5", "tau_top10",
+    "method", "kind", "seed", "status", "error", "kendall_tau", "spearman", "p_at_top5", "tau_top10",
     "unique_kendall_tau", "n_archs", "n_unique", "derived_arch", "derived_truth", "derived_params",
     "epochs", "wall_s", "trial_dir",
 ]
-BASELINES = ("params", "random")
+BASELINES = ("params", "flops", "random")  # = methods.baselines.BASELINES (kept import-free: no torch here)
+REFERENCE = "params"  # the baseline every method is held against
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -68,6 +69,7 @@ def collect(run_dir: Path, expected: Sequence[tuple[str, int]] = (), errors: dic
     for col in SUMMARY_COLUMNS:
         if col not in frame:
             frame[col] = np.nan if col not in ("error", "derived_arch", "status", "trial_dir") else ""
+    frame["kind"] = frame["method"].map(lambda m: "baseline" if m in BASELINES else "method")
     frame = frame[SUMMARY_COLUMNS]
     return frame.sort_values(["method", "seed"], key=_method_order_key).reset_index(drop=True)
 
@@ -86,10 +88,54 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for method, group in summary.groupby("method", sort=False):
         g = ok[ok["method"] == method]
-        row: dict[str, Any] = {"method": method, "trials": f"{len(g)}/{len(group)} ok"}
+        row: dict[str, Any] = {"method": method, "kind": group["kind"].iloc[0] if "kind" in group else "",
+                               "trials": f"{len(g)}/{len(group)} ok"}
         for col in cols:
             values = pd.to_numeric(g[col], errors="coerce").dropna()
             row[col] = _mean_std(values)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _scores_of(row: Any) -> pd.DataFrame | None:
+    path = Path(str(row.trial_dir)) / "scores.csv"
+    if not path.is_file():
+        return None
+    scores = pd.read_csv(path)
+    return scores if "truth" in scores else None
+
+
+def versus_reference(summary: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
+    """Per method: Kendall tau (mean over seeds) with a bootstrap 95 % interval over archs, and
+    its difference from ``params`` with the paired bootstrap interval (same arch resamples for
+    the method's seeds and for params) — whether the method beats the bar, and by how much.
+    """
+    from benchmarks.ranking import kendall_tau, paired_bootstrap
+
+    ok = summary[(summary["status"] == "ok") & summary["kendall_tau"].notna()]
+    reference = ok[ok["method"] == REFERENCE]
+    ref_scores = _scores_of(next(reference.itertuples())) if len(reference) else None
+    rows = []
+    for method, group in ok.groupby("method", sort=False):
+        tables = [t for t in (_scores_of(r) for r in group.itertuples()) if t is not None]
+        if not tables:
+            continue
+        truth, preds = tables[0]["truth"].to_numpy(float), [t["score"].to_numpy(float) for t in tables]
+        row: dict[str, Any] = {"method": method, "kind": group["kind"].iloc[0], "seeds": len(preds)}
+        try:
+            tau, low, high = paired_bootstrap(kendall_tau, preds, truth, n_boot=n_boot)
+            row.update(kendall_tau=tau, tau_ci=f"[{low:.3f}, {high:.3f}]")
+        except ValueError as err:
+            row.update(kendall_tau=math.nan, tau_ci=f"undefined: {err}")
+        if ref_scores is not None and method != REFERENCE and len(ref_scores) == len(truth):
+            try:
+                diff, low, high = paired_bootstrap(kendall_tau, preds, truth, baseline=ref_scores["score"].to_numpy(float),
+                                                   n_boot=n_boot, seed=1)
+                verdict = "yes" if low > 0 else ("no" if high < 0 else "not significant")
+                row.update({f"minus_{REFERENCE}": diff, "diff_ci": f"[{low:+.3f}, {high:+.3f}]",
+                            f"beats_{REFERENCE}": verdict})
+            except ValueError as err:
+                row.update({f"beats_{REFERENCE}": f"undefined: {err}"})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -132,6 +178,10 @@ def plot(run_dir: Path, summary: pd.DataFrame) -> list[str]:
             ax.hlines(taus.mean(), i - 0.25, i + 0.25, color="k")
         ax.set_xticks(range(len(methods)), methods)
         ax.axhline(0, color="grey", lw=0.5)
+        ref = ok.loc[ok["method"] == REFERENCE, "kendall_tau"].astype(float)
+        if len(ref):
+            ax.axhline(ref.mean(), color="tab:red", ls="--", lw=1, label=f"{REFERENCE} (training-free bar)")
+            ax.legend(fontsize=7, loc="best")
         ax.set_ylabel("Kendall tau vs ground truth")
         ax.set_title("Ranking quality per method (one dot per seed)")
         fig.tight_layout()
@@ -191,9 +241,20 @@ def write_report(run_dir: str | Path, expected: Sequence[tuple[str, int]] = (),
                   f"- ground truth: {run.get('benchmark') or 'none'} ({run.get('metric') or '-'})",
                   f"- code: {run.get('provenance', {}).get('git_sha')}", ""]
     if not has_truth:
-        lines += ["Ranking metrics need a benchmark: rerun with `--benchmark PATH` (a NAS-Bench-201 table).", ""]
-    lines += ["## Per method (mean ± std over successful seeds)", "", _markdown_table(aggregate(summary)), "",
-              "## Per trial", "",
+        lines += ["No ranking metrics: this run had no ground truth (`--benchmark none`, or a space without a "
+                  "built-in table); rerun with the default `--benchmark builtin` or `--benchmark FILE`.", ""]
+    lines += ["## Per method (mean ± std over successful seeds)", "",
+              "`kind`: `baseline` rows (params, flops, random) are training-free reference points that every "
+              "run with ground truth scores on the same archs.", "", _markdown_table(aggregate(summary)), ""]
+    if has_truth:
+        versus = versus_reference(summary)
+        if not versus.empty:
+            lines += [f"## Against the `{REFERENCE}` baseline", "",
+                      f"Kendall tau (mean over seeds) with a bootstrap 95 % interval over archs; `minus_{REFERENCE}`: "
+                      f"the difference from {REFERENCE}'s tau on the same archs, with the paired bootstrap 95 % "
+                      f"interval; `beats_{REFERENCE}` is `yes` when that interval lies above 0.", "",
+                      _markdown_table(versus), ""]
+    lines += ["## Per trial", "",
               _markdown_table(summary.drop(columns=["trial_dir"]).assign(
                   derived_arch=summary["derived_arch"].fillna(""), error=summary["error"].fillna(""))), ""]
     lines += [f"![{p}]({p})" for p in plots]

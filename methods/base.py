@@ -185,6 +185,14 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def check_finite(loss: torch.Tensor, where: str) -> None:
+    """Fail the trial on a NaN / infinite loss.
+
+    On the CPU at once. On an accelerator, reading the flag would cost a host-device sync every
+    step, so the check is left to ``Meter.result`` at the epoch's end: the epoch's loss sum,
+    accumulated on the device, carries any NaN or inf of any step.
+    """
+    if loss.device.type != "cpu":
+        return
     if not torch.isfinite(loss).all():
         raise NonFiniteLossError(f"non-finite loss ({loss.item()}) in {where}: lower the learning rate "
                                  "or check the data; the trial stops here")
@@ -211,7 +219,11 @@ class Meter:
     def result(self, prefix: str) -> dict[str, float]:
         if self.n == 0 or self._loss_t is None or self._correct_t is None:
             return {}
-        return {f"{prefix}_loss": float(self._loss_t) / self.n, f"{prefix}_acc": float(self._correct_t) / self.n}
+        loss = float(self._loss_t) / self.n  # the one host-device sync of an epoch
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite {prefix} loss ({loss}) over an epoch: lower the learning rate "
+                                     "or check the data; the trial stops here")
+        return {f"{prefix}_loss": loss, f"{prefix}_acc": float(self._correct_t) / self.n}
 
 
 def rng_state(rng: random.Random) -> list:
@@ -317,12 +329,18 @@ def one_shot_scores(
     """The shared one-shot score of each arch: accuracy (``by='acc'``) or minus loss (``'loss'``).
 
     Every arch is scored on the same calibration and validation batches; the supernet's own
-    BN statistics are restored afterwards so scoring never disturbs training.
+    BN statistics are restored afterwards so scoring never disturbs training. On the CPU the
+    batches run in NHWC layout (``SuperNet.memory_format``); the plain layout gives the same
+    scores (a test holds both to each other).
     """
     if by not in ("acc", "loss"):
         raise ValueError(f"one-shot score is 'acc' or 'loss', got {by!r}")
     if not valid:
         raise ValueError("one-shot scoring needs validation batches (SearchSetup.valid is empty)")
+    if supernet.memory_format == "auto" and valid[0][0].device.type == "cpu":
+        # The supernet would convert every batch to NHWC for every arch: convert them once.
+        calib = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in calib]
+        valid = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in valid]
     out = np.empty(len(archs), dtype=np.float64)
     with preserved_bn_statistics(supernet):
         for i, arch in enumerate(archs):

@@ -35,13 +35,18 @@ def test_smoke_compare_on_synthetic_data(tmp_path, cache):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert elapsed < 120, f"smoke compare took {elapsed:.0f}s"
     summary = pd.read_csv(out / "summary.csv")
-    assert len(summary) == 6 and set(summary["status"]) == {"ok"}
+    # the built-in ground truth ranks every trial, and the three baselines join whatever was asked
+    assert len(summary) == 8 and set(summary["status"]) == {"ok"}
     assert sorted(zip(summary["method"], summary["seed"])) == sorted(
-        (m, s) for m in ("spos", "params", "random") for s in (0, 1))
-    assert summary["derived_arch"].str.startswith("|").all()
+        (m, s) for m in ("spos", "params", "flops", "random") for s in (0, 1))
+    assert summary["kendall_tau"].notna().all() and summary["derived_arch"].str.startswith("|").all()
+    kinds = dict(zip(summary["method"], summary["kind"]))
+    assert kinds == {"spos": "method", "params": "baseline", "flops": "baseline", "random": "baseline"}
     report = (out / "report.md").read_text()
-    assert "Ranking metrics need a benchmark" in report and "| spos | 2/2 ok |" in report
-    assert (out / "tau_per_method.png").exists() is False  # no truth, no tau plots
+    assert "benchmarks/data/nb201_test_acc_200ep.parquet (cifar10_test_acc)" in report
+    assert "| spos | method | 2/2 ok |" in report and "| params | baseline | 2/2 ok |" in report
+    assert "## Against the `params` baseline" in report and "beats_params" in report
+    assert (out / "tau_per_method.png").stat().st_size > 1000
     assert "spos-seed0" in proc.stdout and "epoch 2/2" in proc.stdout  # progress lines
 
     # the report rebuilds from the run directory alone
@@ -49,10 +54,23 @@ def test_smoke_compare_on_synthetic_data(tmp_path, cache):
     rebuilt = subprocess.run([sys.executable, "-m", "harness.report", str(out)], cwd=ROOT,
                              capture_output=True, text=True, timeout=120)
     assert rebuilt.returncode == 0, rebuilt.stderr
-    assert len(pd.read_csv(out / "summary.csv")) == 6
+    assert len(pd.read_csv(out / "summary.csv")) == 8
     table = subprocess.run([sys.executable, "-m", "harness.report", str(out), "--table"], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
-    assert table.stdout.startswith("| method | trials | kendall_tau") and "| spos | 2/2 ok |" in table.stdout
+    assert table.stdout.startswith("| method | kind | trials | kendall_tau") and "| spos | method | 2/2 ok |" in table.stdout
+
+
+@pytest.mark.smoke
+def test_benchmark_none_ranks_nothing_and_says_so(tmp_path, cache):
+    out = tmp_path / "run"
+    proc = compare("--methods", "spos", "--budget", "smoke", "--dataset", "synthetic", "--benchmark", "none",
+                   "--output", str(out), cache=cache)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "--benchmark none: no ground truth" in proc.stdout
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["method"]) == ["spos"] and summary["kendall_tau"].isna().all()  # no baselines either
+    assert "No ranking metrics" in (out / "report.md").read_text()
+    assert not (out / "tau_per_method.png").exists()
 
 
 @pytest.mark.smoke
@@ -65,7 +83,7 @@ def test_real_data_smoke_ranks_against_nas_bench_201(tmp_path, cache, cifar10_tg
                    "--output", str(out), cache=cache)
     summary = pd.read_csv(out / "summary.csv") if (out / "summary.csv").exists() else None
     assert proc.returncode == 0, (summary.to_string() if summary is not None else "") + proc.stderr[-3000:]
-    assert set(summary["status"]) == {"ok"} and len(summary) == 7
+    assert set(summary["status"]) == {"ok"} and len(summary) == 8  # flops joins as a baseline
     assert summary["kendall_tau"].notna().all() and summary["kendall_tau"].between(-1, 1).all()
     params = summary.set_index("method").loc["params"]
     assert abs(params["kendall_tau"] - 0.58) < 0.15, params["kendall_tau"]
@@ -118,7 +136,7 @@ def test_resume_continues_an_interrupted_run(tmp_path, cache):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     epochs = list(pd.read_csv(history)["epoch"])
     assert epochs == [1, 2, 3, 4, 5, 6], epochs  # each epoch once: nothing repeated, nothing lost
-    assert pd.read_csv(out / "summary.csv")["status"].tolist() == ["ok"]
+    assert pd.read_csv(out / "summary.csv")["status"].tolist() == ["ok"] * 4  # spos + the three baselines
 
 
 @pytest.mark.parametrize(
@@ -162,7 +180,7 @@ def test_a_benchmark_of_another_space_exits_2(tmp_path, cache):
 def test_retrain_top_trains_the_derived_archs_in_the_same_run(tmp_path, cache):
     out = tmp_path / "run"
     proc = compare("--methods", "params,random", "--seeds", "0", "--budget", "smoke", "--dataset", "synthetic",
-                   "--retrain-top", "1", "--retrain-epochs", "1", "--output", str(out), cache=cache)
+                   "--benchmark", "none", "--retrain-top", "1", "--retrain-epochs", "1", "--output", str(out), cache=cache)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     evaluation = pd.read_csv(out / "evaluation.csv")
     # each trial's derived arch plus its best-scored arch (params: the same all-conv3x3 cell, deduplicated)

@@ -17,6 +17,8 @@ from benchmarks.ground_truth import (
     from_table,
     load_ground_truth,
     main,
+    BUILTIN_NB201,
+    resolve_benchmark,
 )
 
 INDEX0_ARCH = "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|"
@@ -321,3 +323,25 @@ def test_nats_loader_queries_200_epoch_means(tmp_path: Path, monkeypatch, name: 
     pd.testing.assert_frame_equal(truth.frame, expected_tiny_frame(), check_exact=True)
     with pytest.raises(FileNotFoundError, match="NATS-Bench path"):
         from_nats(tmp_path / "absent-simple")
+
+
+# --- the built-in table ---------------------------------------------------------------------
+@pytest.mark.realdata
+def test_builtin_table_equals_the_shared_csv_value_for_value(nb201_csv: Path) -> None:
+    builtin = pd.read_parquet(BUILTIN_NB201)  # as stored, columns in the converter's order
+    shared = pd.read_csv(nb201_csv)
+    assert len(builtin) == len(shared) == 15_625
+    assert list(builtin.columns) == list(shared.columns)
+    # every index, arch string and accuracy equal (floats bit for bit: the same parsed values)
+    pd.testing.assert_frame_equal(builtin.reset_index(drop=True), shared, check_exact=True, check_dtype=False)
+    assert BUILTIN_NB201.stat().st_size < 1_000_000
+
+
+def test_builtin_table_is_the_default_and_none_turns_ranking_off(tmp_path: Path) -> None:
+    assert resolve_benchmark(None) == resolve_benchmark("builtin") == str(BUILTIN_NB201)
+    assert resolve_benchmark("none") is None and resolve_benchmark("NONE") is None
+    assert resolve_benchmark(None, space="darts") is None  # no built-in table for other spaces
+    assert resolve_benchmark(str(tmp_path / "x.csv")) == str((tmp_path / "x.csv").resolve())
+    truth = load_ground_truth(BUILTIN_NB201)
+    assert truth.metrics == ["cifar10_test_acc", "cifar100_test_acc", "imagenet16_120_test_acc"]
+    assert truth.best("cifar10_test_acc")[1] == pytest.approx(94.3733) and truth.index_of(C) == 6111

@@ -99,6 +99,16 @@ def test_flops_grow_with_convs():
     assert count_flops(c3) - count_flops(none) == cell_delta
 
 
+def test_flops_with_pooling_count_the_benchmark_way():
+    """xautodl's counter: kernel² multiply-adds per output element of every average pool."""
+    none, pool = Arch(("none",) * 6), Arch(("avg_pool_3x3",) * 6)
+    assert count_flops(pool) == count_flops(none)  # pools are free without `pooling`
+    shortcut_pools = 4 * 16 * 16 * 16 + 4 * 32 * 8 * 8  # the reduction blocks' 2x2 pools
+    assert count_flops(none, pooling=True) - count_flops(none) == shortcut_pools
+    cell_pools = sum(5 * 6 * 9 * c * r * r for c, r in ((16, 32), (32, 16), (64, 8)))
+    assert count_flops(pool, pooling=True) - count_flops(none, pooling=True) == cell_pools
+
+
 def _randomise_bn_statistics(model: torch.nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():

@@ -11,6 +11,7 @@ from benchmarks.ranking import (
     bootstrap_ci,
     kendall_tau,
     kendall_tau_top_k,
+    paired_bootstrap,
     precision_at_top_k,
     ranking_metrics,
     spearman,
@@ -170,3 +171,46 @@ def test_ranking_metrics_top10_tau_nan_only_when_undefined_there() -> None:
     assert row["kendall_tau"] > 0.9
     with pytest.raises(ValueError, match="pred is constant"):
         ranking_metrics(np.ones(20), true)
+
+
+def test_paired_bootstrap_exact_cases() -> None:
+    true = np.arange(50.0)
+    # The same vector as method and baseline: the paired difference is 0 on every resample.
+    same = paired_bootstrap(kendall_tau, [true * 2], true, baseline=true * 2, n_boot=200)
+    assert same == (0.0, 0.0, 0.0)
+    # Perfect vs perfectly reversed: tau 1 and -1 on every resample (ties of repeated archs are
+    # shared by both), so the difference is 2 with a degenerate interval.
+    diff, low, high = paired_bootstrap(kendall_tau, [true], true, baseline=-true, n_boot=200)
+    assert diff == 2.0 and low == pytest.approx(2.0, abs=1e-12) and high == pytest.approx(2.0, abs=1e-12)
+    # Several seeds: the estimate is the mean over them.
+    est, _, _ = paired_bootstrap(kendall_tau, [true, -true], true, n_boot=50)
+    assert est == 0.0
+
+
+def test_paired_bootstrap_matches_the_normal_interval_of_a_mean() -> None:
+    """For metric = mean(pred - true) the bootstrap interval of the paired difference is the
+    classical one of a mean: estimate +- 1.96 sd / sqrt(n), within Monte-Carlo error."""
+    rng = np.random.default_rng(0)
+    n = 400
+    true = rng.normal(size=n)
+    a, b = true + rng.normal(0.3, 1.0, n), true + rng.normal(0.0, 0.5, n)
+    mean_gap = lambda p, t: float(np.mean(p - t))  # noqa: E731
+    est, low, high = paired_bootstrap(mean_gap, [a], true, baseline=b, n_boot=4000, seed=3)
+    d = a - b
+    half = 1.96 * d.std(ddof=1) / math.sqrt(n)
+    assert est == pytest.approx(d.mean())
+    assert low == pytest.approx(d.mean() - half, abs=0.2 * half)
+    assert high == pytest.approx(d.mean() + half, abs=0.2 * half)
+
+
+def test_paired_bootstrap_is_paired() -> None:
+    """Two noisy rankers that share their noise: unpaired intervals overlap, the paired one
+    of their difference does not straddle 0."""
+    rng = np.random.default_rng(1)
+    true = rng.normal(size=300)
+    shared = rng.normal(0, 1.0, 300)
+    better, worse = true + shared, true + shared + rng.normal(0, 0.3, 300)
+    _, low, high = paired_bootstrap(kendall_tau, [better], true, baseline=worse, n_boot=500)
+    assert low > 0
+    with pytest.raises(ValueError, match="at least one"):
+        paired_bootstrap(kendall_tau, [], true)

@@ -1,22 +1,28 @@
-"""``python -m benchmarks.perf``: what the harness costs on top of the raw network, as ratios.
+"""``python -m harness.perf``: what the harness costs on top of the raw network, as ratios.
 
 Each ratio is measured side by side in one process (median of repeats, warm-up excluded), so
 it means the same on any machine; absolute times are printed too, with the device named.
 
-    python -m benchmarks.perf                 # CPU, full sizes (minutes)
-    python -m benchmarks.perf --device cuda   # on a GPU
-    python -m benchmarks.perf --quick         # tiny sizes, proves the script runs (CI)
+    python -m harness.perf                 # CPU, full sizes (minutes)
+    python -m harness.perf --device cuda   # on a GPU
+    python -m harness.perf --quick         # tiny sizes, proves the script runs (CI)
 
 Ratios and targets:
   spos_step          SPOS supernet step on a sampled path / standalone Network step     <= 1.15
   all_ops_step       all-ops weighted step (NAP/P-DARTS/DNAL) / sum of the 5 one-op cell steps  (reported)
   scoring            one-shot scoring of K archs / bare forward passes over the same images  <= 1.20
+  fast_scoring       one-shot scoring as it runs / the plain path (NCHW, library pooling)  <= 0.50
+                     (the same scores are asserted)
+  calib_tau          Kendall tau between one-shot scores with all vs. a quarter of the
+                     calibration images, on a briefly trained supernet (reported; not a time)
   data               producing an augmented batch / the training step it feeds           <= 0.05
+  peer_step          xautodl's NB201 random-sampling supernet step / ours, same arch     >= 1.5
+                     (skipped with a reason when xautodl is not installed)
   ray                a SPOS trial through harness.compare / the same trial in-process    <= 1.10 (+ start-up)
 and the peak memory of the all-ops supernet's training step.
 
-This is a tool at the top of the dependency graph (it times spaces/, methods/ and harness/);
-nothing imports it, so ``benchmarks/`` stays a leaf for library code.
+It lives in ``harness/`` because it times spaces/, methods/ and harness/ alike: its imports
+point down, and ``benchmarks/`` stays a leaf.
 """
 from __future__ import annotations
 
@@ -43,12 +49,21 @@ class Row:
     target: float | None
     measured: str
     note: str = ""
+    at_least: bool = False  # the target is a floor (a speed-up over a peer), not a ceiling
 
     @property
     def verdict(self) -> str:
-        if self.target is None:
+        if self.target is None or self.ratio != self.ratio:
             return "report"
+        if self.at_least:
+            return "ok" if self.ratio >= self.target else "UNDER"
         return "ok" if self.ratio <= self.target else "OVER"
+
+    @property
+    def target_text(self) -> str:
+        if self.target is None:
+            return "-"
+        return f"{'>=' if self.at_least else '<='} {self.target:.2f}"
 
 
 def median_time(fn: Callable[[], Any], repeats: int, warmup: int, sync: Callable[[], None]) -> float:
@@ -174,6 +189,114 @@ class Bench:
         return Row("scoring", t_scored / t_bare, 1.2, f"{t_scored:.2f} s vs {t_bare:.2f} s",
                    f"{k} archs, {2 * n_batches} batches of {bs} each")
 
+    def _scoring_setup(self, k: int, n_calib: int, n_valid: int, C: int, N: int):
+        from spaces.nb201 import SuperNet, random_arch
+
+        torch = self.torch
+        rng = random.Random(3)
+        archs = [random_arch(rng) for _ in range(k)]
+        supernet = SuperNet(C, N).to(self.device)
+        g = torch.Generator().manual_seed(3)
+
+        def batches(n: int, bs: int = 256):
+            x = torch.randn(n, 3, 32, 32, generator=g).to(self.device)
+            y = torch.randint(0, 10, (n,), generator=g).to(self.device)
+            return [(x[i:i + bs], y[i:i + bs]) for i in range(0, n, bs)]
+
+        return archs, supernet, batches(n_calib), batches(n_valid)
+
+    def fast_scoring(self) -> Row:
+        """Scoring as it runs (channels_last on the CPU, box-sum pooling) / the plain path."""
+        import copy
+
+        from methods.base import one_shot_scores
+        from spaces.nb201 import AvgPool3x3
+
+        torch = self.torch
+        # The cpu budget's scoring shape: C=16, N=1, 512 calibration + 1,024 validation images.
+        k, n_calib, n_valid, C = (3, 64, 64, 8) if self.quick else (8, 512, 1024, 16)
+        archs, supernet, calib, valid = self._scoring_setup(k, n_calib, n_valid, C, 1)
+        plain = copy.deepcopy(supernet)
+        for module in plain.modules():
+            for name, child in list(module.named_children()):
+                if isinstance(child, AvgPool3x3):
+                    setattr(module, name, torch.nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False))
+        plain.memory_format = "contiguous"
+        out: dict[str, Any] = {}
+
+        def fast():
+            out["fast"] = one_shot_scores(supernet, archs, calib, valid, by="loss")
+
+        def slow():
+            out["plain"] = one_shot_scores(plain, archs, calib, valid, by="loss")
+
+        t_fast, t_plain = interleaved([fast, slow], 1 if self.quick else 3, 1, self.sync)
+        diff = float(abs(out["fast"] - out["plain"]).max())
+        if diff > 1e-4:
+            raise AssertionError(f"fast and plain scoring disagree by {diff}")
+        return Row("fast_scoring", t_fast / t_plain, 0.5,
+                   f"{t_fast / k:.3f} vs {t_plain / k:.3f} s/arch; max |score diff| {diff:.1e}",
+                   f"{k} archs, C={C} N=1, {n_calib} calib + {n_valid} valid images")
+
+    def calib_tau(self) -> Row:
+        """Does a quarter of the calibration images keep the ranking? tau between the two score vectors."""
+        from benchmarks.ranking import kendall_tau
+        from methods.base import one_shot_scores
+        from spaces.nb201 import path_plan, random_arch
+
+        torch = self.torch
+        k, n_calib, steps, C = (6, 128, 5, 8) if self.quick else (50, 2048, 300, 16)
+        from harness.data import Batches, normalize, synthetic_dataset
+
+        archs, supernet, _, _ = self._scoring_setup(k, 1, 1, C, 1)
+        data = synthetic_dataset(n_train=steps * 64, n_test=10, seed=3)
+        train = Batches(data.train.to(self.device), 64, mean=data.mean, std=data.std, seed=3, device=self.device)
+        rng = random.Random(4)
+        opt = torch.optim.SGD(supernet.parameters(), lr=0.05, momentum=0.9)
+        for x, y in train:  # a briefly SPOS-trained supernet: an untrained one ranks at random
+            plan = path_plan(random_arch(rng))
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(supernet(x, plan), y).backward()
+            opt.step()
+        # Held-out images of the same synthetic classes, so the scores mean something.
+        held = synthetic_dataset(n_train=n_calib + 1024, n_test=10, seed=5).train.to(self.device)
+        xs, ys = normalize(held.images, data.mean, data.std), held.labels
+        calib = [(xs[i:i + 256], ys[i:i + 256]) for i in range(0, n_calib, 256)]
+        valid = [(xs[i:i + 256], ys[i:i + 256]) for i in range(n_calib, len(xs), 256)]
+        full = one_shot_scores(supernet, archs, calib, valid, by="loss")
+        few = calib[: max(1, len(calib) // 4)]
+        quarter = one_shot_scores(supernet, archs, few, valid, by="loss")
+        tau = kendall_tau(full, quarter)
+        return Row("calib_tau", tau, None, f"tau {tau:.3f} between {n_calib} and {sum(len(y) for _, y in few)} "
+                   "calibration images (batches of 256)", f"{k} archs, supernet SPOS-trained {steps} steps on synthetic data")
+
+    def peer_step(self) -> Row | str:
+        """xautodl's NB201 random-sampling supernet (the benchmark's reference code) vs ours, same arch."""
+        try:
+            from xautodl.models.cell_operations import SearchSpaceNames
+            from xautodl.models.cell_searchs.genotypes import Structure
+            from xautodl.models.cell_searchs.search_model_random import TinyNetworkRANDOM
+        except ImportError as err:
+            return f"xautodl not installed ({err}); pip install --no-deps xautodl"
+        from spaces.nb201 import SuperNet, path_plan, random_arch
+
+        ratios, details = [], []
+        rng = random.Random(5)
+        ours = SuperNet(self.C, self.N).to(self.device)
+        theirs = TinyNetworkRANDOM(self.C, self.N, 4, 10, SearchSpaceNames["nas-bench-201"], False, True).to(self.device)
+        for _ in range(1 if self.quick else 4):
+            arch = random_arch(rng)
+            plan = path_plan(arch)
+            theirs.arch_cache = Structure.str2structure(arch.to_str())
+            t_theirs, t_ours = interleaved(
+                [self._step_fn(theirs, lambda x: theirs(x)[1]), self._step_fn(ours, lambda x: ours(x, plan))],
+                self.repeats, self.warmup, self.sync)
+            ratios.append(t_theirs / t_ours)
+            details.append(f"{t_theirs * 1e3:.1f}/{t_ours * 1e3:.1f} ms")
+        return Row("peer_step", statistics.median(ratios), 1.5, "; ".join(details),
+                   f"xautodl TinyNetworkRANDOM step / ours, {len(ratios)} random archs, C={self.C} N={self.N} "
+                   f"batch {self.batch}", at_least=True)
+
     def data(self) -> Row:
         from harness.data import Batches, synthetic_dataset
         from spaces.nb201 import SuperNet, path_plan, random_arch
@@ -255,7 +378,7 @@ def ray_overhead(quick: bool, data_root: str | None) -> Row:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.perf", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: proves the script runs")
     parser.add_argument("--output", default="perf.json", help="where to write the table as JSON")
@@ -270,26 +393,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = Bench(args.device, args.quick)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     rows: list[Row] = []
-    for name in ("spos_step", "all_ops_step", "scoring", "data"):
+    skipped: dict[str, str] = {}
+    for name in ("spos_step", "all_ops_step", "scoring", "fast_scoring", "calib_tau", "data", "peer_step"):
         if name not in skip:
-            rows.append(getattr(bench, name)())
-            print(f"  measured {name}", file=sys.stderr, flush=True)
+            row = getattr(bench, name)()
+            if isinstance(row, str):
+                skipped[name] = row
+                print(f"  skipped {name}: {row}", file=sys.stderr, flush=True)
+            else:
+                rows.append(row)
+                print(f"  measured {name}", file=sys.stderr, flush=True)
     if "ray" not in skip:
         rows.append(ray_overhead(args.quick, args.data_root))
     memory = bench.memory() if "memory" not in skip else {}
     device = torch.cuda.get_device_name() if args.device == "cuda" else \
         f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
-    print(f"\nbenchmarks.perf on {device}{' (quick)' if args.quick else ''}, torch {torch.__version__}")
+    print(f"\nharness.perf on {device}{' (quick)' if args.quick else ''}, torch {torch.__version__}")
     print(f"{'ratio':<14}{'value':>8}{'target':>9}  {'verdict':<8}measured")
     for r in rows:
-        target = f"<= {r.target:.2f}" if r.target is not None else "-"
-        print(f"{r.name:<14}{r.ratio:>8.3f}{target:>9}  {r.verdict:<8}{r.measured}  [{r.note}]")
+        print(f"{r.name:<14}{r.ratio:>8.3f}{r.target_text:>9}  {r.verdict:<8}{r.measured}  [{r.note}]")
+    for name, why in skipped.items():
+        print(f"{name:<14}skipped: {why}")
     if memory:
         print(f"all-ops supernet C={bench.C} N={bench.N} batch {bench.batch}: peak memory "
               f"{memory['peak_bytes'] / 2**20:.0f} MiB ({memory['how']})")
     record = {"device": device, "quick": args.quick, "torch": torch.__version__,
-              "rows": [{**asdict(r), "verdict": r.verdict} for r in rows], "memory": memory}
+              "rows": [{**asdict(r), "verdict": r.verdict} for r in rows], "skipped": skipped,
+              "memory": memory}
     Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.output}")
     return 0

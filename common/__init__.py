@@ -1,0 +1,1 @@
+"""Leaf helpers every layer may use (spaces, methods, benchmarks, harness): no project imports."""
