@@ -9,14 +9,24 @@ what was wrong. Nothing takes ``abs()``: a method that ranks backwards must show
 Top-k conventions (shared by ``precision_at_top_k`` and ``kendall_tau_top_k``):
 ``k`` is a fraction in (0, 1]; the number of items kept is ``n_top = max(1, round(k * n))``
 with Python's ``round`` (halves go to the even neighbour, e.g. ``round(2.5) == 2``).
-The top items are taken by a stable descending sort, so ties at the cut go to the item that
-comes first in the input order — deterministic, but it means a tied block at the cut is
-resolved by input order, not by merit.
+No top-k metric depends on the input order (with ``--eval-archs unique|all`` that is the op
+product order, so an order rule would be a systematic bias for heavily tied scores). Let the
+cut value ``c`` be the ``n_top``-th largest value; items above ``c`` are in the top, items
+below are out, and the items equal to ``c`` form the tied block at the cut (``m`` items, of
+which ``s = n_top - #above`` fit; ``s == m`` when the block does not straddle the cut).
+``precision_at_top_k`` gives each item its probability of being in the top under a uniformly
+random order of the tied items — 1 above the cut, ``s / m`` in the tied block, 0 below — in
+``pred`` and in ``true`` independently, and returns the exact expected overlap / ``n_top``
+(formula in its docstring). A fully tied block therefore scores exactly chance inside it; a
+constant ``pred`` would score exactly ``n_top / n``, though it is still rejected as undefined.
+``kendall_tau_top_k`` keeps every item with ``true >= c``: a tied block straddling the cut is
+kept whole, so the subset may have more than ``n_top`` items, never fewer.
 """
 from __future__ import annotations
 
 import math
 import numbers
+from fractions import Fraction
 from typing import Callable, Sequence
 
 import numpy as np
@@ -79,9 +89,32 @@ def top_k_count(n: int, k: float) -> int:
     return max(1, round(_check_fraction(k) * n))
 
 
-def _top_indices(values: np.ndarray, n_top: int) -> np.ndarray:
-    """Positions of the ``n_top`` largest values; ties keep input order (stable sort)."""
-    return np.argsort(-values, kind="stable")[:n_top]
+def _top_split(values: np.ndarray, n_top: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The top-``n_top`` selection of ``values`` without any order rule for ties.
+
+    Returns ``(above, at_cut, slots)``: boolean masks of the items strictly above the cut
+    value ``c`` (the ``n_top``-th largest value) and of the items equal to ``c`` (the tied
+    block at the cut), and ``slots = n_top - above.sum()``, how many of the block fit
+    (``1 <= slots <= at_cut.sum()``). Depends only on the multiset of values at each position.
+    """
+    cut = np.partition(values, values.size - n_top)[values.size - n_top]
+    above = values > cut
+    return above, values == cut, n_top - int(above.sum())
+
+
+def _expected_overlap(p: np.ndarray, t: np.ndarray, n_top: int) -> Fraction:
+    """Exact E|P ∩ T| over uniformly random, independent orders of the tied items of ``p``
+    and of ``t``, where P and T are the top-``n_top`` sets (see ``precision_at_top_k``)."""
+    p_above, p_cut, p_slots = _top_split(p, n_top)
+    t_above, t_cut, t_slots = _top_split(t, n_top)
+    w_p = Fraction(p_slots, int(p_cut.sum()))  # membership probability inside pred's tied block
+    w_t = Fraction(t_slots, int(t_cut.sum()))
+    return (
+        int(np.sum(p_above & t_above))
+        + w_p * int(np.sum(p_cut & t_above))
+        + w_t * int(np.sum(p_above & t_cut))
+        + w_p * w_t * int(np.sum(p_cut & t_cut))
+    )
 
 
 def kendall_tau(pred: ArrayLike, true: ArrayLike) -> float:
@@ -100,12 +133,27 @@ def precision_at_top_k(pred: ArrayLike, true: ArrayLike, k: float = 0.05) -> flo
     """Share of the predicted top-k fraction that is also in the true top-k fraction.
 
     This is what a NAS user feels: of the architectures the method would shortlist, how many
-    are really among the best. Both sets have ``top_k_count(n, k)`` items (module docstring).
+    are really among the best. Both sets P (by ``pred``) and T (by ``true``) have
+    ``n_top = top_k_count(n, k)`` items (module docstring).
+
+    Ties are resolved by no order at all: the result is the exact expected value of
+    ``|P ∩ T| / n_top`` when the items tied at ``pred``'s cut and those tied at ``true``'s cut
+    are each put in a uniformly random order, independently. Item i is in P with probability
+    ``a_i = 1`` above pred's cut, ``a_i = s_p / m_p`` in its tied block (``s_p`` slots left for
+    ``m_p`` tied items), else 0; ``b_i`` likewise for T. By linearity and independence
+
+        p@k = sum_i a_i * b_i / n_top
+            = (A + (s_p/m_p) * B + (s_t/m_t) * C + (s_p/m_p) * (s_t/m_t) * D) / n_top,
+
+    where A = #(above in both), B = #(in pred's tied block, above in true), C = #(above in
+    pred, in true's tied block), D = #(in both tied blocks). It is computed in exact rational
+    arithmetic, so it is exactly invariant to any permutation of the (pred, true) pairs;
+    without ties it is the plain overlap of the two top sets. If every item of ``pred`` were
+    tied (a_i = n_top / n for all i) it would be exactly the chance value ``n_top / n``.
     """
     p, t = _check_pair(pred, true)
     n_top = top_k_count(p.size, k)
-    shared = np.intersect1d(_top_indices(p, n_top), _top_indices(t, n_top))
-    return shared.size / n_top
+    return float(_expected_overlap(p, t, n_top) / n_top)
 
 
 def kendall_tau_top_k(pred: ArrayLike, true: ArrayLike, k: float = 0.10) -> float:
@@ -113,10 +161,15 @@ def kendall_tau_top_k(pred: ArrayLike, true: ArrayLike, k: float = 0.10) -> floa
 
     Global tau is dominated by easy pairs (a broken cell vs a good one); this asks whether the
     method can order the good architectures among themselves, which is what picks the winner.
-    Raises ValueError when the subset has fewer than 2 items or is constant in either input.
+    The subset is every item with ``true >= c``, ``c`` the ``top_k_count(n, k)``-th largest
+    ``true``: a tied block of ``true`` straddling the cut is kept whole (no input-order rule),
+    so the subset can exceed ``top_k_count(n, k)`` items. Ties inside it, in either input, are
+    handled by tau-b. Raises ValueError when the subset has fewer than 2 items or is constant
+    in either input.
     """
     p, t = _check_pair(pred, true)
-    keep = _top_indices(t, top_k_count(t.size, k))
+    above, at_cut, _ = _top_split(t, top_k_count(t.size, k))
+    keep = np.flatnonzero(above | at_cut)
     try:
         return kendall_tau(p[keep], t[keep])
     except ValueError as exc:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import time
@@ -35,6 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from common.config import coerce_field, config_from_dict, config_to_dict
 from spaces.nb201 import Arch, Network
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -117,15 +117,14 @@ class Recipe:
 
     # -- JSON
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Recipe":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise RecipeError(f"unknown recipe field(s) {unknown}; known fields: {sorted(names)}")
-        return cls(**dict(data))
+        try:
+            return config_from_dict(cls, data)
+        except ValueError as err:
+            raise RecipeError(str(err).replace("Recipe field", "recipe field")) from None
 
     def replace(self, **changes: Any) -> "Recipe":
         return recipe_from(self, changes)
@@ -183,22 +182,13 @@ def recipe_from(base: Recipe, overrides: Mapping[str, Any]) -> Recipe:
 
 def coerce_recipe_field(key: str, text: str) -> Any:
     """Parse a command-line ``FIELD=VALUE`` into the type of that recipe field."""
-    fields = {f.name: f for f in dataclasses.fields(Recipe)}
+    fields = {f.name for f in dataclasses.fields(Recipe)}
     if key not in fields or key == "name":
-        raise RecipeError(f"unknown recipe field {key!r}; known fields: {sorted(set(fields) - {'name'})}")
-    current = getattr(Recipe(), key)
+        raise RecipeError(f"unknown recipe field {key!r}; known fields: {sorted(fields - {'name'})}")
     try:
-        if isinstance(current, bool):
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return text.lower() in ("true", "1")
-        if isinstance(current, int):
-            return int(text)
-        if isinstance(current, float):
-            return float(text)
-    except ValueError:
-        raise RecipeError(f"recipe field {key} expects a {type(current).__name__}, got {text!r}") from None
-    return text
+        return coerce_field(Recipe, key, text)
+    except ValueError as err:
+        raise RecipeError(f"recipe field {err}") from None
 
 
 def check_dataset(r: Recipe, dataset: str) -> None:
@@ -428,14 +418,25 @@ def fit(trainer: Trainer, train: Callable[[int], Iterable[Batch]], test: Iterabl
     for epoch in range(start_epoch + 1, r.epochs + 1):
         t0 = time.perf_counter()
         metrics: dict[str, Any] = {"epoch": epoch, "epochs": r.epochs}
-        metrics.update(trainer.train_epoch(epoch, train(epoch)))
-        if epoch == r.epochs or epoch % r.eval_every == 0:
-            metrics.update(trainer.evaluate(test() if callable(test) else test))
+        metrics.update(train_and_test(trainer, epoch, train(epoch), test))
         metrics["epoch_s"] = time.perf_counter() - t0
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
     return history
+
+
+def train_and_test(trainer: Trainer, epoch: int, train: Iterable[Batch],
+                   test: Iterable[Batch] | Callable[[], Iterable[Batch]]) -> dict[str, Any]:
+    """One epoch of the recipe: train, then test every ``eval_every`` epochs and after the last.
+
+    The step ``fit`` repeats and the harness's checkpointed loop (``harness.loop``) calls.
+    """
+    r = trainer.recipe
+    metrics = dict(trainer.train_epoch(epoch, train))
+    if epoch == r.epochs or epoch % r.eval_every == 0:
+        metrics.update(trainer.evaluate(test() if callable(test) else test))
+    return metrics
 
 
 def drop_last_for(n: int, batch_size: int) -> bool:

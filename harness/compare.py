@@ -1,9 +1,13 @@
 """``python -m harness.compare``: methods x seeds as Ray Tune trials, then a ranking report.
 
     python -m harness.compare --methods hopnas,nap
-    python -m harness.compare --methods spos,params --seeds 0-9 --budget cpu \\
-        --dataset cifar10 --data-root PATH --benchmark nb201.csv --output runs/x
+    python -m harness.compare --methods spos,synflow --seeds 0-9 --budget cpu \\
+        --dataset cifar10 --data-root PATH --output runs/x
     python -m harness.compare --output runs/x --resume
+
+The path of one trial: this CLI builds the plan (every method config resolved here, once) ->
+``harness.runner`` runs it on Ray -> ``harness.trial`` (the search trial, epochs in
+``harness.loop``) -> the method (``methods/``) -> the supernet (``spaces/``) -> ``harness.report``.
 
 Bad input exits 2 with one line saying what to do; a finished run exits 0 when every trial
 succeeded and 1 otherwise (failed trials are listed with their reason).
@@ -12,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import random
 import shlex
@@ -22,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from harness import truth as gt_io
 from harness.config import ExperimentConfig, UsageError, parse_eval_archs, parse_seeds
-from harness.progress import progress_callback
+from harness.files import provenance, read_json, resolve_path
 from harness.report import format_table, write_report
-from harness.trial import RunContext, provenance, ray_trainable, trial_name
-
+from harness.runner import Resources, TrialSpec, run_trials
+from harness.trial import RunContext, ray_trainable, trial_config, trial_name
 
 
 # --------------------------------------------------------------------------- arguments
@@ -34,7 +38,8 @@ from harness.trial import RunContext, provenance, ray_trainable, trial_name
 
 def parse_overrides(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``--set spos.lr=0.1`` -> {"spos": {"lr": 0.1}}, typed like the config field."""
-    from methods.base import coerce_field, get_method
+    from common.config import coerce_field
+    from methods.base import get_method
 
     out: dict[str, dict[str, Any]] = {}
     for item in items:
@@ -104,29 +109,20 @@ class Plan:
     methods: list[str]
     seeds: list[int]
     experiment: ExperimentConfig
-    overrides: dict[str, dict[str, Any]]
+    method_configs: dict[str, dict[str, Any]]   # resolved once, here; what every trial runs
     output: Path
     context: RunContext
     benchmark: str | None
 
-
-def _benchmark(text: str | None, space: str) -> str | None:
-    from benchmarks.ground_truth import resolve_benchmark
-
-    try:
-        return resolve_benchmark(text, space)
-    except FileNotFoundError as err:
-        raise UsageError(str(err)) from None
+    def trial_configs(self) -> list[dict[str, Any]]:
+        return [{"method": m, "seed": s, "experiment": self.experiment.to_dict(),
+                 "method_config": self.method_configs[m]} for m in self.methods for s in self.seeds]
 
 
-def _resolve_path(text: str | None) -> str | None:
-    return str(Path(text).expanduser().resolve()) if text else None
-
-
-def make_plan(args: argparse.Namespace) -> Plan:
+def _methods(text: str) -> list[str]:
     from methods.base import get_method
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [m.strip() for m in text.split(",") if m.strip()]
     if not methods:
         raise UsageError("--methods is empty; e.g. --methods spos,params")
     for m in methods:
@@ -135,17 +131,28 @@ def make_plan(args: argparse.Namespace) -> Plan:
         except KeyError as err:
             raise UsageError(f"{err.args[0]}; pass them with --methods") from None
     if len(set(methods)) != len(methods):
-        raise UsageError(f"--methods lists a method twice: {args.methods}")
-    seeds = parse_seeds(args.seeds)
-    from harness.data import DATASETS
+        raise UsageError(f"--methods lists a method twice: {text}")
+    return methods
 
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    from harness.data import DATASETS
+    from methods.base import get_method
+
+    methods = _methods(args.methods)
+    seeds = parse_seeds(args.seeds)
     if args.dataset not in DATASETS:
         raise UsageError(f"unknown dataset {args.dataset!r}; datasets: {', '.join(DATASETS)}")
+    if args.N is not None:
+        fixed = [m for m in methods if not getattr(get_method(m), "uses_setup_N", True)]
+        if fixed:
+            raise UsageError(f"--N does not apply to {', '.join(fixed)}, whose depth is its own config field "
+                             "(e.g. --set pdarts.stage_cells=1,3,5); drop --N or that method")
     try:
         exp = ExperimentConfig.preset(
-            args.budget, space=args.space, dataset=args.dataset, data_root=_resolve_path(args.data_root),
-            download=not args.no_download, cache_dir=_resolve_path(args.cache_dir),
-            benchmark=_benchmark(args.benchmark, args.space), metric=args.metric, epochs=args.epochs,
+            args.budget, space=args.space, dataset=args.dataset, data_root=resolve_path(args.data_root),
+            download=not args.no_download, cache_dir=resolve_path(args.cache_dir),
+            benchmark=gt_io.benchmark_path(args.benchmark, args.space), metric=args.metric, epochs=args.epochs,
             eval_archs=args.eval_archs, arch_seed=args.arch_seed, eval_every=args.eval_every,
             C=args.C, N=args.N, device=args.device,
             **({"train_per_class": args.train_per_class} if args.train_per_class else {}),
@@ -153,25 +160,24 @@ def make_plan(args: argparse.Namespace) -> Plan:
     except ValueError as err:
         raise UsageError(str(err)) from None
     overrides = parse_overrides(args.set, methods)
-    for m in methods:  # resolve every method config now: a bad override fails before Ray starts
-        from harness.config import method_config
-
-        try:
-            method_config(get_method(m), exp.budget, exp.epochs, overrides.get(m, {}))
-        except (ValueError, TypeError) as err:
-            raise UsageError(f"{m} config: {err}") from None
     output = Path(args.output or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}").expanduser().resolve()
     context = build_context(exp, output)
     if context.truth is not None:  # the reference points every ranking report shows (milliseconds each)
         from methods.baselines import BASELINES
 
         methods += [b for b in BASELINES if b not in methods]
-    return Plan(methods, seeds, exp, overrides, output, context, exp.benchmark)
+    resolved = {}
+    for m in methods:  # resolve every method config now: a bad override fails before Ray starts
+        try:
+            resolved[m] = trial_config(exp, m, 0, overrides.get(m, {}))["method_config"]
+        except (ValueError, TypeError) as err:
+            raise UsageError(f"{m} config: {err}") from None
+    return Plan(methods, seeds, exp, resolved, output, context, exp.benchmark)
 
 
 def build_context(exp: ExperimentConfig, output: Path) -> RunContext:
     """The evaluation archs and their ground truth: identical for every trial of the run."""
-    from spaces.nb201 import Arch, all_archs, unique_archs
+    from spaces.nb201 import all_archs, unique_archs
 
     spec = parse_eval_archs(exp.eval_archs)
     if spec == "all":
@@ -190,41 +196,12 @@ def build_context(exp: ExperimentConfig, output: Path) -> RunContext:
     strings = [a.to_str() for a in archs]
     truth = truth_of_all = metric = None
     if exp.benchmark:
-        gt = _load_benchmark(exp.benchmark)
-        bad = [s for s in gt.archs[:50000] if not _parses(s, Arch)]
-        if bad:
-            raise UsageError(f"benchmark {exp.benchmark} does not describe the {exp.space} space: e.g. arch "
-                             f"{bad[0]!r} is not an NB201 cell; pass a NAS-Bench-201 / NATS-Bench topology table")
-        missing = [s for s in strings if s not in gt]
-        if missing:
-            raise UsageError(f"benchmark {exp.benchmark} lacks {len(missing)} of the {len(strings)} evaluation archs "
-                             f"(e.g. {missing[0]}); pass a table covering all 15,625 NB201 cells")
-        try:
-            metric = exp.metric or gt.metric_for("cifar10" if exp.dataset == "synthetic" else exp.dataset)
-        except ValueError as err:
-            raise UsageError(f"benchmark {exp.benchmark}: {err}; pass --metric COLUMN") from None
-        truth = [float(v) for v in gt.values(strings, metric)]
-        truth_of_all = dict(zip(gt.archs, (float(v) for v in gt.values(gt.archs, metric))))
+        gt = gt_io.load(exp.benchmark)
+        metric = gt_io.metric_column(gt, exp.benchmark, exp.dataset, exp.metric)
+        truth = gt_io.values_for(gt, exp.benchmark, strings, metric)
+        truth_of_all = dict(zip(gt.archs, gt_io.values_for(gt, exp.benchmark, gt.archs, metric)))
     return RunContext(archs=strings, unique_mask=unique_mask, arch_set=described, truth=truth,
                       truth_of_all=truth_of_all, metric=metric, output=str(output), provenance=provenance())
-
-
-def _parses(s: str, arch_cls: Any) -> bool:
-    try:
-        arch_cls.from_str(s)
-        return True
-    except ValueError:
-        return False
-
-
-def _load_benchmark(path: str):
-    from benchmarks.ground_truth import load_ground_truth
-
-    try:
-        return load_ground_truth(path)
-    except (OSError, ValueError, KeyError, ImportError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        raise UsageError(f"cannot load benchmark {path}: {message}") from None
 
 
 def check_data(exp: ExperimentConfig) -> str:
@@ -239,73 +216,56 @@ def check_data(exp: ExperimentConfig) -> str:
     return f"{data.name}: {len(data.train)} train / {len(data.test)} test images ({data.source})"
 
 
-# --------------------------------------------------------------------------- Ray
+def check_local_resources(resources: Resources) -> None:
+    """Without ``--address`` the cluster is this machine: check it before starting Ray at all."""
+    if resources.address:
+        return  # a cluster's resources are known once connected (harness.runner checks them there)
+    import torch
+
+    from harness.runner import check_resources
+
+    gpus = resources.num_gpus if resources.num_gpus is not None else torch.cuda.device_count()
+    check_resources(resources, {"GPU": float(gpus), "CPU": float(os.cpu_count() or 1)})
 
 
-def _done_line(result: dict) -> str:
+# --------------------------------------------------------------------------- running it
+
+
+def _done_line(result: Any) -> str:
     tau = result.get("kendall_tau")
     extra = f" tau {tau:.3f}" if isinstance(tau, float) else ""
     return f"finished: derived {result.get('derived_arch')}{extra}"
 
 
-def _trial_name(trial) -> str:
-    return trial_name(trial.config["method"], trial.config["seed"])
+SEARCH_TRIALS = TrialSpec(name_of=lambda c: trial_name(c["method"], c["seed"]),
+                          key_of=lambda c: (c["method"], int(c["seed"])), done_line=_done_line,
+                          progress_keys=("train_loss", "train_acc", "kendall_tau"))
 
 
-def _trainable(plan: Plan, cpus: float, gpus: float):
-    from ray import tune
+def resources_of(args: argparse.Namespace) -> Resources:
+    return Resources(cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
+                     num_gpus=args.num_gpus, max_failures=args.max_failures)
 
-    return tune.with_resources(tune.with_parameters(ray_trainable, context=plan.context), {"cpu": cpus, "gpu": gpus})
+
+def run(plan: Plan, resources: Resources, resume: bool) -> dict[tuple, str]:
+    """The plan's trials through the run layer; {(method, seed): reason} of those that failed."""
+    grid: dict[str, Sequence[Any]] = {"method": plan.methods, "seed": plan.seeds}
+    constants = {"experiment": plan.experiment.to_dict(), "method_configs": plan.method_configs}
+    return run_trials(_trainable, plan.context, SEARCH_TRIALS, storage=plan.output, name="tune",
+                      resources=resources, grid=grid, constants=constants, resume=resume)
 
 
-def run(plan: Plan, args: argparse.Namespace) -> tuple[int, Any]:
-    import ray
-    from ray import tune
-
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    init_kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
-                                   "log_to_driver": False}
-    if args.address:
-        init_kwargs["address"] = args.address
-    elif args.num_gpus is not None:
-        init_kwargs["num_gpus"] = args.num_gpus
-    ray.init(**init_kwargs)
-    try:
-        tune_dir = plan.output / "tune"
-        trainable = _trainable(plan, args.cpus_per_trial, args.gpus_per_trial)
-        if args.resume:
-            tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"method": tune.grid_search(plan.methods), "seed": tune.grid_search(plan.seeds),
-                             "experiment": plan.experiment.to_dict(), "overrides": plan.overrides},
-                tune_config=tune.TuneConfig(trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-                run_config=tune.RunConfig(
-                    name="tune", storage_path=str(plan.output), verbose=0, callbacks=[progress_callback(
-                        lambda c: trial_name(c["method"], c["seed"]), _done_line,
-                        ("train_loss", "train_acc", "kendall_tau"))],
-                    failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                ),
-            )
-        results = tuner.fit()
-    finally:
-        ray.shutdown()
-    errors = {}
-    for result in (results[i] for i in range(len(results))):
-        if result.error is not None and result.config:
-            lines = [ln for ln in str(result.error).strip().splitlines() if ln.strip()]
-            errors[(result.config["method"], int(result.config["seed"]))] = lines[-1][:500] if lines else "error"
-    return 0, errors
+def _trainable(config: dict[str, Any], context: RunContext) -> None:
+    """Tune's grid point (method, seed + the shared resolved configs) -> the trial's own config."""
+    ray_trainable({"method": config["method"], "seed": config["seed"], "experiment": config["experiment"],
+                   "method_config": config["method_configs"][config["method"]]}, context)
 
 
 def _write_run_json(plan: Plan, data_info: str) -> None:
     record = {
         "command": "python -m harness.compare " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "methods": plan.methods, "seeds": plan.seeds, "experiment": plan.experiment.to_dict(),
-        "overrides": plan.overrides, "arch_set": plan.context.arch_set, "benchmark": plan.benchmark,
+        "method_configs": plan.method_configs, "arch_set": plan.context.arch_set, "benchmark": plan.benchmark,
         "metric": plan.context.metric, "data": data_info, "provenance": plan.context.provenance,
     }
     (plan.output / "run.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -313,18 +273,23 @@ def _write_run_json(plan: Plan, data_info: str) -> None:
 
 
 def _plan_from_run_json(output: Path) -> Plan:
-    record = json.loads((output / "run.json").read_text())
+    """The run as it was planned: the stored experiment and resolved method configs (never the
+    current presets, which may have changed since)."""
+    record = read_json(output / "run.json")
+    if record is None or "method_configs" not in record:
+        raise UsageError(f"{output / 'run.json'} is missing or from an older version without resolved configs; "
+                         "start a new run")
     exp = ExperimentConfig.from_dict(record["experiment"])
-    return Plan(record["methods"], record["seeds"], exp, record["overrides"], output,
+    return Plan(record["methods"], record["seeds"], exp, record["method_configs"], output,
                 build_context(exp, output), exp.benchmark)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list_methods:
-        from methods.base import available_methods
+        from methods.base import available_methods, describe
 
-        print("\n".join(available_methods()))
+        print("\n".join(f"{name:<12} {describe(name)}" for name in available_methods()))
         return 0
     try:
         if args.resume:
@@ -344,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from harness.evaluate import check_retrain_args
 
         check_retrain_args(args.retrain_top, args.retrain_epochs)  # bad values fail before the search
+        resources = resources_of(args)
+        check_local_resources(resources)
         data_info = check_data(plan.experiment)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -359,7 +326,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("--benchmark none: no ground truth, so no ranking metrics; the run searches and reports derived archs")
     else:
         print(f"ground truth: {plan.benchmark} ({plan.context.metric})")
-    _, errors = run(plan, args)
+    try:
+        errors = run(plan, resources, args.resume)
+    except UsageError as err:  # a cluster without the resources asked for
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     expected = [(m, s) for m in plan.methods for s in plan.seeds]
     summary = write_report(plan.output, expected, errors)
     print()
@@ -372,10 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from harness.evaluate import format_table as format_evaluation, retrain_after_search
 
         try:
-            evaluation = retrain_after_search(
-                plan.output, args.retrain_top, args.retrain_epochs, cpus_per_trial=args.cpus_per_trial,
-                gpus_per_trial=args.gpus_per_trial, address=args.address, num_gpus=args.num_gpus,
-                max_failures=args.max_failures)
+            evaluation = retrain_after_search(plan.output, args.retrain_top, args.retrain_epochs, resources=resources)
         except UsageError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from methods.base import BUDGETS, config_from_dict, config_to_dict
+from common.config import BUDGETS, config_from_dict, config_to_dict, replace_fields
 
 SPACES = ("nb201",)
 
@@ -122,8 +122,6 @@ def method_config(method_cls: Any, budget: str, epochs: int | None, overrides: M
     """A method's resolved config: its budget preset, then ``epochs``, then field overrides."""
     cfg = method_cls.Config.preset(budget)
     changes = dict(overrides)
-    if epochs is not None and method_cls.Config.preset(budget).epochs != 0:
+    if epochs is not None and cfg.epochs != 0:  # training-free methods keep their 0 epochs
         changes.setdefault("epochs", epochs)
-    if not changes:
-        return cfg
-    return config_from_dict(method_cls.Config, {**config_to_dict(cfg), **changes})
+    return replace_fields(cfg, changes)

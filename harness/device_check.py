@@ -297,11 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.output).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    from harness.trial import _git_sha, device_name
+    from harness.files import device_name, git_sha
 
     started = time.perf_counter()
     record: dict[str, Any] = {"device": device_name(torch.device(args.device)), "tiny": args.tiny,
-                              "date": time.strftime("%Y-%m-%d %H:%M"), "commit": _git_sha(),
+                              "date": time.strftime("%Y-%m-%d %H:%M"), "commit": git_sha(),
                               "torch": torch.__version__}
     phases: dict[str, Callable[[], dict[str, Any]]] = {
         "gpu_tests": lambda: gpu_tests(args.device, args.tiny, out),

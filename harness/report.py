@@ -6,7 +6,6 @@ Everything is rebuilt from the files trials leave in ``<run>/trials/*/`` (no Ray
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -14,6 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+
+from harness.evaluation_report import refresh_run_report
+from harness.files import read_json
+from harness.tables import markdown_table, mean_std
 
 SUMMARY_COLUMNS = [
     "method", "kind", "seed", "status", "error", "kendall_tau", "spearman", "p_at_top5", "tau_top10",
@@ -24,23 +27,16 @@ BASELINES = ("params", "flops", "random")  # = methods.baselines.BASELINES (kept
 REFERENCE = "params"  # the baseline every method is held against
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def collect(run_dir: Path, expected: Sequence[tuple[str, int]] = (), errors: dict[tuple[str, int], str] | None = None) -> pd.DataFrame:
     """One row per trial. ``expected`` (method, seed) pairs with no trial directory show as failed."""
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for trial_dir in sorted((run_dir / "trials").glob("*")):
-        config = _read_json(trial_dir / "config.json")
+        config = read_json(trial_dir / "config.json")
         if not config:
             continue
         key = (config["method"], int(config["seed"]))
         row: dict[str, Any] = {"method": key[0], "seed": key[1], "trial_dir": str(trial_dir)}
-        result = _read_json(trial_dir / "result.json")
+        result = read_json(trial_dir / "result.json")
         error = (trial_dir / "error.txt")
         if result is not None:
             row.update({k: result.get(k) for k in SUMMARY_COLUMNS if k in result})
@@ -92,7 +88,7 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
                                "trials": f"{len(g)}/{len(group)} ok"}
         for col in cols:
             values = pd.to_numeric(g[col], errors="coerce").dropna()
-            row[col] = _mean_std(values)
+            row[col] = mean_std(values)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -105,12 +101,21 @@ def _scores_of(row: Any) -> pd.DataFrame | None:
     return scores if "truth" in scores else None
 
 
-def versus_reference(summary: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
-    """Per method: Kendall tau (mean over seeds) with a bootstrap 95 % interval over archs, and
-    its difference from ``params`` with the paired bootstrap interval (same arch resamples for
-    the method's seeds and for params) — whether the method beats the bar, and by how much.
+def versus_reference(summary: pd.DataFrame, n_boot: int | None = None) -> pd.DataFrame:
+    """Per method: each ranking metric (mean over seeds) with a bootstrap 95 % interval over
+    archs, and its Kendall tau's difference from ``params`` with the paired bootstrap interval
+    (the same arch resamples for the method's seeds and for params) — whether the method beats
+    the bar, and by how much. ``n_boot`` defaults to 1,000 resamples (200 above 2,000 archs).
     """
-    from benchmarks.ranking import kendall_tau, paired_bootstrap
+    from benchmarks.ranking import kendall_tau, kendall_tau_top_k, paired_bootstrap, precision_at_top_k, spearman
+
+    def top10(p: np.ndarray, t: np.ndarray) -> float:
+        return kendall_tau_top_k(p, t, 0.10)
+
+    def p5(p: np.ndarray, t: np.ndarray) -> float:
+        return precision_at_top_k(p, t, 0.05)
+
+    others = (("spearman", spearman), ("p_at_top5", p5), ("tau_top10", top10))
 
     ok = summary[(summary["status"] == "ok") & summary["kendall_tau"].notna()]
     reference = ok[ok["method"] == REFERENCE]
@@ -121,16 +126,18 @@ def versus_reference(summary: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
         if not tables:
             continue
         truth, preds = tables[0]["truth"].to_numpy(float), [t["score"].to_numpy(float) for t in tables]
+        boots = n_boot or (1000 if len(truth) <= 2000 else 200)
         row: dict[str, Any] = {"method": method, "kind": group["kind"].iloc[0], "seeds": len(preds)}
-        try:
-            tau, low, high = paired_bootstrap(kendall_tau, preds, truth, n_boot=n_boot)
-            row.update(kendall_tau=tau, tau_ci=f"[{low:.3f}, {high:.3f}]")
-        except ValueError as err:
-            row.update(kendall_tau=math.nan, tau_ci=f"undefined: {err}")
+        for name, metric in (("kendall_tau", kendall_tau), *others):
+            try:
+                value, low, high = paired_bootstrap(metric, preds, truth, n_boot=boots)
+                row.update({name: value, f"{name}_ci": f"[{low:.3f}, {high:.3f}]"})
+            except ValueError:
+                row.update({name: math.nan, f"{name}_ci": "undefined"})
         if ref_scores is not None and method != REFERENCE and len(ref_scores) == len(truth):
             try:
                 diff, low, high = paired_bootstrap(kendall_tau, preds, truth, baseline=ref_scores["score"].to_numpy(float),
-                                                   n_boot=n_boot, seed=1)
+                                                   n_boot=boots, seed=1)
                 verdict = "yes" if low > 0 else ("no" if high < 0 else "not significant")
                 row.update({f"minus_{REFERENCE}": diff, "diff_ci": f"[{low:+.3f}, {high:+.3f}]",
                             f"beats_{REFERENCE}": verdict})
@@ -138,26 +145,6 @@ def versus_reference(summary: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
                 row.update({f"beats_{REFERENCE}": f"undefined: {err}"})
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _mean_std(values: pd.Series) -> str:
-    if values.empty:
-        return "–"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.3f}"
-    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
-
-
-def _markdown_table(frame: pd.DataFrame) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return "" if math.isnan(v) else f"{v:.4g}"
-        return str(v).replace("|", "\\|")
-
-    head = "| " + " | ".join(frame.columns) + " |"
-    sep = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, sep, *body])
 
 
 def plot(run_dir: Path, summary: pd.DataFrame) -> list[str]:
@@ -229,7 +216,7 @@ def write_report(run_dir: str | Path, expected: Sequence[tuple[str, int]] = (),
     run_dir = Path(run_dir).resolve()
     summary = collect(run_dir, expected, errors)
     summary.to_csv(run_dir / "summary.csv", index=False)
-    run = _read_json(run_dir / "run.json") or {}
+    run = read_json(run_dir / "run.json") or {}
     has_truth = summary["kendall_tau"].notna().any()
     plots = plot(run_dir, summary)
     lines = [f"# NAS harness run: {run_dir.name}", ""]
@@ -245,22 +232,21 @@ def write_report(run_dir: str | Path, expected: Sequence[tuple[str, int]] = (),
                   "built-in table); rerun with the default `--benchmark builtin` or `--benchmark FILE`.", ""]
     lines += ["## Per method (mean ± std over successful seeds)", "",
               "`kind`: `baseline` rows (params, flops, random) are training-free reference points that every "
-              "run with ground truth scores on the same archs.", "", _markdown_table(aggregate(summary)), ""]
+              "run with ground truth scores on the same archs.", "", markdown_table(aggregate(summary)), ""]
     if has_truth:
         versus = versus_reference(summary)
         if not versus.empty:
             lines += [f"## Against the `{REFERENCE}` baseline", "",
-                      f"Kendall tau (mean over seeds) with a bootstrap 95 % interval over archs; `minus_{REFERENCE}`: "
+                      f"Each ranking metric (mean over seeds) with its bootstrap 95 % interval over archs; "
+                      f"`minus_{REFERENCE}`: "
                       f"the difference from {REFERENCE}'s tau on the same archs, with the paired bootstrap 95 % "
                       f"interval; `beats_{REFERENCE}` is `yes` when that interval lies above 0.", "",
-                      _markdown_table(versus), ""]
+                      markdown_table(versus), ""]
     lines += ["## Per trial", "",
-              _markdown_table(summary.drop(columns=["trial_dir"]).assign(
+              markdown_table(summary.drop(columns=["trial_dir"]).assign(
                   derived_arch=summary["derived_arch"].fillna(""), error=summary["error"].fillna(""))), ""]
     lines += [f"![{p}]({p})" for p in plots]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
-    from harness.evaluate import refresh_run_report  # here: evaluate imports compare, which imports report
-
     refresh_run_report(run_dir)  # keeps the from-scratch evaluation section, if the run has one
     return summary
 
@@ -284,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     if args.table:
-        print(_markdown_table(aggregate(collect(run_dir.resolve()))))
+        print(markdown_table(aggregate(collect(run_dir.resolve()))))
         return 0
     summary = write_report(run_dir)
     print(format_table(summary))

@@ -63,8 +63,10 @@ def ray_running(resources: Resources) -> Iterator[dict[str, float]]:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     started = False
     if not ray.is_initialized():
+        # log_to_driver: the methods' progress lines (one per 30 s of a long phase) are printed in
+        # the trial processes; Ray forwards them, prefixed with the worker's name.
         kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
-                                  "log_to_driver": False}
+                                  "log_to_driver": True}
         if resources.address:
             kwargs["address"] = resources.address
         elif resources.num_gpus is not None:

@@ -253,7 +253,7 @@ def markdown(table: pd.DataFrame, header: str) -> str:
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> Path:
     seeds = _check_args(args)
-    from harness.trial import device_name, provenance, select_device
+    from harness.files import device_name, provenance, select_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -13,13 +13,12 @@ pick a device, read the CLI, print, or import ray.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
+import contextlib
 import math
 import random
+import time
 from dataclasses import dataclass, field
-import contextlib
-from typing import Any, Callable, cast, ClassVar, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Protocol, Sequence, Sized, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -29,7 +28,6 @@ from torch import nn
 from spaces.nb201 import NUM_EDGES, Arch, Plan, SuperNet, path_plan
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-BUDGETS = ("smoke", "cpu", "paper")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -58,6 +56,10 @@ class SearchSetup:
     # not augmented, labels included) drawn with ``seed``, on ``device``. Training-free proxies
     # use it for their one minibatch; ``None`` where the harness has no data to give.
     sample_batch: Callable[[int, int], Batch] | None = None
+    # ``progress(line)``: the harness passes a function that prints one line prefixed with the
+    # trial's name. Methods never print: inside long loops they call it through a ``Ticker``
+    # (at most one line per 30 s). ``None`` (the default): nothing is reported.
+    progress: Callable[[str], None] | None = None
 
 
 @runtime_checkable
@@ -107,53 +109,21 @@ def get_method(name: str) -> Any:
     return METHODS[name]
 
 
+def describe(name: str) -> str:
+    """One line about a registered method: its ``summary``, else its module's first line."""
+    import sys
+
+    cls = get_method(name)
+    summary = getattr(cls, "summary", None)
+    if summary:
+        return str(summary)
+    doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip()
+    return doc.splitlines()[0].rstrip(". ") if doc else ""
+
+
 def available_methods() -> list[str]:
     _load_builtin_methods()
     return sorted(METHODS)
-
-
-# --------------------------------------------------------------------------- configs
-
-_C = TypeVar("_C")
-
-
-def config_from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
-    """Build a frozen config dataclass from a JSON-like dict; unknown keys raise."""
-    names = {f.name: f for f in dataclasses.fields(cast(Any, cls))}
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ValueError(f"unknown {cls.__qualname__} field(s) {unknown}; known fields: {sorted(names)}")
-    # JSON turns tuples into lists: restore them so the frozen config stays hashable.
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-def coerce_field(cls: type, key: str, text: str) -> Any:
-    """Parse a command-line ``key=value`` override into the type of that config field."""
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    if key not in names:
-        raise ValueError(f"unknown {cls.__qualname__} field {key!r}; known fields: {sorted(names)}")
-    current = getattr(cls, key, None)
-    if isinstance(current, bool):
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"{key} expects true/false, got {text!r}")
-        return text.lower() in ("true", "1")
-    if isinstance(current, int):
-        return int(text)
-    if isinstance(current, float):
-        return float(text)
-    if isinstance(current, tuple):
-        items = json.loads(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
-        kind = type(current[0]) if current else str  # elements typed like the default's
-        try:
-            return tuple(kind(v) for v in items)
-        except ValueError:
-            raise ValueError(f"{key} expects a comma list of {kind.__name__}, got {text!r}") from None
-    return text
 
 
 # --------------------------------------------------------------------------- shared training helpers
@@ -260,6 +230,81 @@ def table_scores(table: np.ndarray | torch.Tensor, archs: Sequence[Arch]) -> np.
     return t[np.arange(NUM_EDGES)[None, :], idx].sum(axis=1)
 
 
+# --------------------------------------------------------------------------- progress lines
+
+PROGRESS_EVERY_S = 30.0
+
+
+def progress_clock() -> float:
+    """The clock of progress lines: ``time.monotonic`` (looked up at each call; tests replace it)."""
+    return time.monotonic()
+
+
+def length_or_none(items: Iterable) -> int | None:
+    """``len(items)`` where it has one (a list or a DataLoader), else ``None``."""
+    return len(items) if isinstance(items, Sized) else None
+
+
+class Ticker:
+    """Rate-limited progress lines for one long loop of a method (methods never print).
+
+    Call ``tick(done)`` after each step of the loop: it calls ``progress`` with one line, e.g.
+    ``"one-shot scoring: 340/1000 archs (12.3 s)"`` (seconds since this ticker started), when at
+    least ``every_s`` seconds have passed since the last line (or since the start): at most one
+    line per ``every_s``, and, while the loop runs, at least one per ``every_s`` plus one step.
+    A ``child`` ticker (a nested phase: the scoring inside an evolution, the importance
+    evaluations inside a training epoch) shares its parent's rate limit. With ``progress=None``
+    nothing is reported and the clock is never read. ``clock`` defaults to ``progress_clock``.
+    """
+
+    def __init__(self, progress: Callable[[str], None] | None, what: str, total: int | None = None,
+                 unit: str = "", every_s: float = PROGRESS_EVERY_S, clock: Callable[[], float] | None = None,
+                 _last: list[float] | None = None):
+        if not every_s > 0:
+            raise ValueError(f"every_s must be > 0, got {every_s}")
+        self.progress, self.what, self.total, self.unit = progress, what, total, unit
+        self.every_s, self._clock = every_s, clock
+        self.lines = 0  # lines this ticker reported
+        self.start = self._now() if progress is not None else 0.0
+        self._last = _last if _last is not None else [self.start]  # shared with children
+
+    def _now(self) -> float:
+        return (self._clock or progress_clock)()
+
+    def child(self, what: str, total: int | None = None, unit: str = "") -> "Ticker":
+        """A ticker for a nested phase: its own label, count and start, its parent's rate limit."""
+        return Ticker(self.progress, what, total, unit, self.every_s, self._clock, _last=self._last)
+
+    def line(self, done: int | None, note: str, now: float) -> str:
+        text = self.what + ":"
+        if done is not None:
+            text += f" {done}" if self.total is None else f" {done}/{self.total}"
+            text += f" {self.unit}" if self.unit else ""
+        if note:
+            text += ("," if done is not None else "") + " " + note
+        return f"{text} ({now - self.start:.1f} s)"
+
+    def tick(self, done: int | None = None, note: str = "") -> bool:
+        """Report ``done`` (of ``total``) and ``note`` if ``every_s`` has passed; True if a line went out."""
+        if self.progress is None:
+            return False
+        now = self._now()
+        if now - self._last[0] < self.every_s:
+            return False
+        self._last[0] = now
+        self.lines += 1
+        self.progress(self.line(done, note, now))
+        return True
+
+
+def as_ticker(progress: Callable[[str], None] | Ticker | None, what: str, total: int | None = None,
+              unit: str = "") -> Ticker:
+    """A ``Ticker`` for a phase: a child of ``progress`` if it is one, else a new one on it."""
+    if isinstance(progress, Ticker):
+        return progress.child(what, total, unit)
+    return Ticker(progress, what, total, unit)
+
+
 # --------------------------------------------------------------------------- one-shot scoring
 
 
@@ -325,13 +370,15 @@ def one_shot_scores(
     valid: Sequence[Batch],
     plan_of: Callable[[Arch], Plan] = path_plan,
     by: str = "acc",
+    progress: Callable[[str], None] | Ticker | None = None,
 ) -> np.ndarray:
     """The shared one-shot score of each arch: accuracy (``by='acc'``) or minus loss (``'loss'``).
 
     Every arch is scored on the same calibration and validation batches; the supernet's own
     BN statistics are restored afterwards so scoring never disturbs training. On the CPU the
     batches run in NHWC layout (``SuperNet.memory_format``); the plain layout gives the same
-    scores (a test holds both to each other).
+    scores (a test holds both to each other). ``progress`` (``SearchSetup.progress``, or a
+    ``Ticker`` of an enclosing phase) gets a line at most every 30 s: archs scored so far.
     """
     if by not in ("acc", "loss"):
         raise ValueError(f"one-shot score is 'acc' or 'loss', got {by!r}")
@@ -342,9 +389,11 @@ def one_shot_scores(
         calib = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in calib]
         valid = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in valid]
     out = np.empty(len(archs), dtype=np.float64)
+    ticker = as_ticker(progress, "one-shot scoring", len(archs), "archs")
     with preserved_bn_statistics(supernet):
         for i, arch in enumerate(archs):
             plan = plan_of(arch)
             acc, loss = one_shot_eval(supernet, lambda x: supernet(x, plan), calib, valid)
             out[i] = acc if by == "acc" else -loss
+            ticker.tick(i + 1)
     return out

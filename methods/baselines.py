@@ -16,6 +16,7 @@ from typing import ClassVar, Iterable, Sequence
 
 import numpy as np
 
+from common.config import check_budget
 from methods.base import Batch, SearchSetup, register
 from spaces.nb201 import Arch, count_flops, count_params, random_arch
 
@@ -29,8 +30,7 @@ class BaselineConfig:
 
     @classmethod
     def preset(cls, budget: str) -> "BaselineConfig":
-        if budget not in ("smoke", "cpu", "paper"):
-            raise ValueError(f"unknown budget {budget!r}; budgets: smoke, cpu, paper")
+        check_budget(budget)
         return cls()
 
 
@@ -53,6 +53,7 @@ class _NoTraining:
 @register
 class ParamsBaseline(_NoTraining):
     name: ClassVar[str] = "params"
+    summary: ClassVar[str] = "baseline: parameter count of the benchmark network (C=16, N=5)"
 
     def score(self, archs: Sequence[Arch]) -> np.ndarray:
         return np.array([count_params(a, 16, 5, self.setup.num_classes) for a in archs], dtype=np.float64)
@@ -64,6 +65,7 @@ class ParamsBaseline(_NoTraining):
 @register
 class FlopsBaseline(_NoTraining):
     name: ClassVar[str] = "flops"
+    summary: ClassVar[str] = "baseline: the benchmark's FLOPs count (convs, classifier, average pooling)"
 
     def score(self, archs: Sequence[Arch]) -> np.ndarray:
         return np.array([count_flops(a, 16, 5, self.setup.num_classes, pooling=True) for a in archs],
@@ -76,6 +78,7 @@ class FlopsBaseline(_NoTraining):
 @register
 class RandomBaseline(_NoTraining):
     name: ClassVar[str] = "random"
+    summary: ClassVar[str] = "baseline: a seeded uniform random score (tau ~ 0)"
 
     def score(self, archs: Sequence[Arch]) -> np.ndarray:
         # Seeded per arch string, so an arch's score does not depend on which others are scored.

@@ -53,7 +53,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.config import BUDGETS
 from methods.base import Batch, Meter, SearchSetup, check_finite, cosine_lr, register, set_lr, sgd, table_scores
+from methods.base import Ticker, length_or_none
 from methods.gates import ScaledSigmoidGate, continuation_delta, gate_parameters, total_penalty
 from spaces.nb201 import EDGES, NONE, NUM_EDGES, OPS, Arch, SuperNet, Term
 
@@ -137,7 +139,7 @@ class DNALConfig:
             return cls(epochs=5, arch_epochs=2)
         if budget == "smoke":
             return cls(epochs=3, arch_epochs=2)
-        raise ValueError(f"unknown budget {budget!r}; budgets: smoke, cpu, paper")
+        raise ValueError(f"unknown budget {budget!r}; budgets: {', '.join(BUDGETS)}")
 
 
 class _Gates(nn.Module):
@@ -264,8 +266,10 @@ class DNAL:
         plan = self._all_ops_plan()
         meter = Meter()
         params = list(self.supernet.parameters())
-        for x, y in train:
+        ticker = Ticker(self.setup.progress, f"DNAL weight epoch {k}", length_or_none(train), "batches")
+        for i, (x, y) in enumerate(train):
             self._step(x, y, plan, self.weight_opt, params, cfg.grad_clip, f"DNAL weight epoch {k}", meter)
+            ticker.tick(i + 1)
         return {**meter.result("train"), "lr": lr}
 
     def _arch_epoch(self, train: Iterable[Batch], k: int) -> dict[str, float]:
@@ -273,10 +277,12 @@ class DNAL:
         self.supernet.train(cfg.arch_bn == "batch")
         meter = Meter()
         params = [p for g in self.arch_opt.param_groups for p in g["params"]]
-        for x, y in train:
+        ticker = Ticker(self.setup.progress, f"DNAL arch epoch {k}", length_or_none(train), "batches")
+        for i, (x, y) in enumerate(train):
             plan = self._gated_plan()  # gate values change every step
             self._step(x, y, plan, self.arch_opt, params, cfg.arch_grad_clip, f"DNAL arch epoch {k}", meter,
                        penalty=True)
+            ticker.tick(i + 1)
         with torch.no_grad():
             pen = float(total_penalty(self.gates))
         return {**meter.result("train"), "lr": cfg.arch_lr, "penalty_sum": pen}
@@ -289,8 +295,10 @@ class DNAL:
         plan = self._gated_plan()  # hard masks: fixed for the whole phase
         meter = Meter()
         params = list(self.supernet.parameters())
-        for x, y in train:
+        ticker = Ticker(self.setup.progress, f"DNAL fine-tune epoch {k}", length_or_none(train), "batches")
+        for i, (x, y) in enumerate(train):
             self._step(x, y, plan, self.finetune_opt, params, cfg.grad_clip, f"DNAL fine-tune epoch {k}", meter)
+            ticker.tick(i + 1)
         return {**meter.result("train"), "lr": lr}
 
     # -- reading the gates

@@ -69,15 +69,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.config import BUDGETS
 from methods.base import (
     Batch,
     Meter,
     SearchSetup,
+    Ticker,
     check_finite,
     cosine_lr,
     one_shot_eval,
     one_shot_scores,
     preserved_bn_statistics,
+    length_or_none,
     register,
     set_lr,
     sgd,
@@ -186,7 +189,7 @@ class HOPNASConfig:
         if budget == "smoke":
             return cls(epochs=3, warmup_frac=1 / 3, ramp_frac=1 / 3, importance_calib_images=32,
                        importance_valid_images=32)
-        raise ValueError(f"unknown budget {budget!r}; budgets: smoke, cpu, paper")
+        raise ValueError(f"unknown budget {budget!r}; budgets: {', '.join(BUDGETS)}")
 
 
 def _first_images(batches: Sequence[Batch], n: int) -> list[Batch]:
@@ -311,7 +314,8 @@ class HOPNAS:
             self._cache.clear()
         lr = self.lr_at(self.epoch)
         set_lr(self.optimizer, lr)
-        n = len(train) if hasattr(train, "__len__") else None  # type: ignore[arg-type]
+        n = length_or_none(train)
+        ticker = Ticker(self.setup.progress, f"HOPNAS epoch {self.epoch + 1}", n, "batches")
         events_before = self.events_done
         pruned_before = int((self.elim[:, 1:] > 0).sum())
         meter = Meter()
@@ -329,9 +333,10 @@ class HOPNAS:
             self.optimizer.step()
             meter.update(loss, logits, y)
             if n:
-                self.run_due_events(self.epoch + (i + 1) / n)
+                self.run_due_events(self.epoch + (i + 1) / n, ticker)
+            ticker.tick(i + 1, f"{self.events_done}/{NUM_EVENTS} prune events done")
         self.epoch += 1
-        self.run_due_events(float(self.epoch))
+        self.run_due_events(float(self.epoch), ticker)
         return {
             **meter.result("train"), "lr": lr,
             "all_drop_prob": self.cfg.all_drop_prob(self.epoch),
@@ -346,12 +351,21 @@ class HOPNAS:
     def finished(self) -> bool:
         return bool(self.decided.all())
 
-    def run_due_events(self, now: float) -> None:
+    def run_due_events(self, now: float, ticker: Ticker | None = None) -> None:
         while self.events_done < NUM_EVENTS and self.times[self.events_done] <= now + _EPS:
-            self.prune_event(now)
+            self.prune_event(now, ticker)
 
-    def measure(self, candidates: Sequence[tuple[int, tuple[int, ...]]]) -> list[float]:
-        """Importance of masking each candidate ``(edge, ops)``: dropout off, BN recalibrated."""
+    def _progress(self, ticker: Ticker | None, what: str, total: int) -> Ticker:
+        """A ticker for ``total`` importance evaluations, nested in ``ticker`` when given."""
+        if ticker is not None:
+            return ticker.child(what, total, "evaluations")
+        return Ticker(self.setup.progress, what, total, "evaluations")
+
+    def measure(self, candidates: Sequence[tuple[int, tuple[int, ...]]], ticker: Ticker | None = None) -> list[float]:
+        """Importance of masking each candidate ``(edge, ops)``: dropout off, BN recalibrated.
+
+        ``ticker`` reports the evaluations done (the unmasked one, then one per candidate).
+        """
         calib = _first_images(self.setup.calib, self.cfg.importance_calib_images)
         valid = _first_images(self.setup.valid, self.cfg.importance_valid_images)
         if not valid:
@@ -364,12 +378,16 @@ class HOPNAS:
                 return one_shot_eval(net, lambda x: net(x, plan), calib, valid)
 
             acc0, loss0 = evaluate(self.alive)
+            if ticker is not None:
+                ticker.tick(1, "unmasked supernet")
             out = []
-            for e, ops in candidates:
+            for k, (e, ops) in enumerate(candidates):
                 mask = self.alive.clone()
                 mask[e, list(ops)] = False
                 acc, loss = evaluate(mask)
                 out.append(loss - loss0 if self.cfg.importance_by == "loss" else acc0 - acc)
+                if ticker is not None:
+                    ticker.tick(k + 2, f"masked {edge_name(e)} {'+'.join(OPS[o] for o in ops)}")
             return out
 
     def _needs_work(self, phase: str, e: int) -> bool:
@@ -377,8 +395,12 @@ class HOPNAS:
             return not bool(self.decided[e]) and not bool(self.kept[e])
         return not bool(self.decided[e])
 
-    def prune_event(self, now: float | None = None) -> dict | None:
-        """One prune event on the current node; returns its history record (None if all done)."""
+    def prune_event(self, now: float | None = None, ticker: Ticker | None = None) -> dict | None:
+        """One prune event on the current node; returns its history record (None if all done).
+
+        Its importance evaluations report progress through ``ticker`` (the training epoch's),
+        or through ``setup.progress`` when none is given.
+        """
         if self.snapshot is None:
             self.snapshot = {k: v.detach().clone() for k, v in self.supernet.state_dict().items()}
             self.snapshot_epoch = float(self.epoch if now is None else now)
@@ -394,8 +416,10 @@ class HOPNAS:
                 continue
             record: dict = {"event": t, "epoch": float(self.epoch if now is None else now), "phase": phase,
                             "node": node, "importance": {}, "pruned": [], "none_edges": [], "kept_edges": []}
+            what = f"HOPNAS pruning event {t} ({phase} of node {node})"
             if phase == "edges":
-                imps = self.measure([(e, tuple(self.alive_ops(e))) for e in edges])
+                imps = self.measure([(e, tuple(self.alive_ops(e))) for e in edges],
+                                    self._progress(ticker, what, len(edges) + 1))
                 for e, imp in zip(edges, imps):
                     record["importance"][edge_name(e)] = {"edge": imp}
                     if imp <= margin:
@@ -407,7 +431,7 @@ class HOPNAS:
                         record["kept_edges"].append(edge_name(e))
             else:
                 cands = [(e, (o,)) for e in edges for o in self.alive_ops(e)]
-                imps = self.measure(cands)
+                imps = self.measure(cands, self._progress(ticker, what, len(cands) + 1))
                 for (e, (o,)), imp in zip(cands, imps):
                     self.importance[e, o] = imp
                     record["importance"].setdefault(edge_name(e), {})[OPS[o]] = imp
@@ -470,7 +494,8 @@ class HOPNAS:
         missing = [a for a in dict.fromkeys(archs) if a not in self._cache]
         if missing:
             by = "acc" if self.cfg.score_by == "oneshot_acc" else "loss"
-            values = one_shot_scores(self._scoring_net(), missing, self.setup.calib, self.setup.valid, by=by)
+            values = one_shot_scores(self._scoring_net(), missing, self.setup.calib, self.setup.valid, by=by,
+                                     progress=self.setup.progress)
             self._cache.update(zip(missing, values.tolist()))
         return np.array([self._cache[a] for a in archs], dtype=np.float64)
 
@@ -479,7 +504,8 @@ class HOPNAS:
         todo = [(e, (o,)) for e in range(NUM_EDGES) if not bool(self.decided[e])
                 for o in self.alive_ops(e) if math.isnan(float(importance[e, o]))]
         if todo:  # pruning never reached these edges: measure now (no state changes)
-            for (e, (o,)), imp in zip(todo, self.measure(todo)):
+            ticker = self._progress(None, "HOPNAS derive (importance of undecided edges)", len(todo) + 1)
+            for (e, (o,)), imp in zip(todo, self.measure(todo, ticker)):
                 importance[e, o] = imp
         ops = []
         for e in range(NUM_EDGES):

@@ -44,12 +44,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.config import BUDGETS
 from methods.base import (
     Batch,
     Meter,
     SearchSetup,
+    Ticker,
     check_finite,
     cosine_lr,
+    length_or_none,
     register,
     set_lr,
     sgd,
@@ -129,7 +132,7 @@ class NAPConfig:
             # cpu: two all-ops passes per batch cost ~6 SPOS steps, so 4 epochs ~ 3-5 CPU-minutes.
             # One warm-up epoch, then a prune after each later epoch: 4 -> 3 -> 2 -> 1.
             return cls(epochs=4, warmup_frac=0.25, prune_at=(0.5, 0.75, 1.0))
-        raise ValueError(f"unknown budget {budget!r}; budgets: smoke, cpu, paper")
+        raise ValueError(f"unknown budget {budget!r}; budgets: {', '.join(BUDGETS)}")
 
 
 @register
@@ -210,7 +213,9 @@ class NAP:
         valid_iter = iter(valid)
         arch_loss: torch.Tensor | float = 0.0
         arch_steps = 0
-        for x, y in train:
+        ticker = Ticker(self.setup.progress, f"NAP epoch {self.epoch + 1}" + (" (warm-up)" if warm else ""),
+                        length_or_none(train), "batches")
+        for i, (x, y) in enumerate(train):
             if not warm:
                 try:
                     xv, yv = next(valid_iter)
@@ -222,6 +227,7 @@ class NAP:
                 arch_steps += 1
             loss, logits = self.weight_step(x, y)
             meter.update(loss, logits, y)
+            ticker.tick(i + 1)
         self.epoch += 1
         pruned_before = int((self.elim[:, 1:] > 0).sum())
         due = cfg.prune_epochs()

@@ -56,7 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.config import BUDGETS
 from methods.base import Batch, Meter, SearchSetup, check_finite, cosine_lr, register, set_lr, sgd, table_scores, cycle
+from methods.base import Ticker, length_or_none
 from spaces.nb201 import EDGES, NONE, NUM_EDGES, OPS, SKIP, Arch, SuperNet, Term
 
 LEVEL_SCALE = 100.0
@@ -154,7 +156,7 @@ class PDARTSConfig:
             # every stage and phase happens (2 epochs per stage, 1 warm-up); the last stage is
             # deeper so the rebuild at a new depth is exercised.
             return cls(epochs=6, stage_cells=(1, 1, 2))
-        raise ValueError(f"unknown budget {budget!r}; budgets: smoke, cpu, paper")
+        raise ValueError(f"unknown budget {budget!r}; budgets: {', '.join(BUDGETS)}")
 
 
 def _skip_dropout(p: float, gen: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -171,6 +173,7 @@ def _skip_dropout(p: float, gen: torch.Generator) -> Callable[[torch.Tensor], to
 @register
 class PDARTS:
     name: ClassVar[str] = "pdarts"
+    uses_setup_N: ClassVar[bool] = False  # depth comes from `stage_cells`; the harness refuses --N
     Config: ClassVar[type] = PDARTSConfig
 
     def __init__(self, cfg: PDARTSConfig, setup: SearchSetup):
@@ -240,7 +243,8 @@ class PDARTS:
         where = f"P-DARTS stage {s + 1} epoch {e + 1}"
         valid_batches = cycle(valid, "P-DARTS") if train_arch else None
         weight_params = list(self.supernet.parameters())
-        for x, y in train:
+        ticker = Ticker(self.setup.progress, where, length_or_none(train), "batches")
+        for i, (x, y) in enumerate(train):
             if train_arch:
                 assert valid_batches is not None
                 xv, yv = next(valid_batches)
@@ -263,6 +267,7 @@ class PDARTS:
                 torch.nn.utils.clip_grad_norm_(weight_params, cfg.grad_clip)
             self.weight_opt.step()
             meter.update(loss, logits, y)
+            ticker.tick(i + 1)
         metrics = {**meter.result("train"), **arch_meter.result("arch"), "lr": lr, "stage": float(s + 1),
                    "stage_epoch": float(e + 1), "skip_drop": drop_p, "arch_training": float(train_arch),
                    "alive_ops": float(cfg.stage_ops[s])}

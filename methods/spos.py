@@ -24,12 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.config import BUDGETS
 from methods.base import (
     Batch,
     Meter,
     SearchSetup,
+    Ticker,
     check_finite,
     cosine_lr,
+    length_or_none,
     one_shot_scores,
     register,
     rng_state,
@@ -79,7 +82,7 @@ class SPOSConfig:
                        crossovers=5)
         if budget == "smoke":
             return cls(epochs=2, population=6, generations=2, parents=3, mutants=3, crossovers=3)
-        raise ValueError(f"unknown budget {budget!r}; budgets: smoke, cpu, paper")
+        raise ValueError(f"unknown budget {budget!r}; budgets: {', '.join(BUDGETS)}")
 
 
 @register
@@ -106,7 +109,8 @@ class SPOS:
         set_lr(self.optimizer, lr)
         self.supernet.train()
         meter = Meter()
-        for x, y in train:
+        ticker = Ticker(self.setup.progress, f"SPOS epoch {self.epoch + 1}", length_or_none(train), "batches")
+        for i, (x, y) in enumerate(train):
             plan = path_plan(self.sample())
             self.optimizer.zero_grad(set_to_none=True)  # unsampled ops keep grad None: no update
             logits = self.supernet(x, plan)
@@ -117,20 +121,26 @@ class SPOS:
                 torch.nn.utils.clip_grad_norm_(self.supernet.parameters(), cfg.grad_clip)
             self.optimizer.step()
             meter.update(loss, logits, y)
+            ticker.tick(i + 1)
         self.epoch += 1
         return {**meter.result("train"), "lr": lr}
 
     # -- scoring and search
-    def score(self, archs: Sequence[Arch]) -> np.ndarray:
+    def score(self, archs: Sequence[Arch], progress: Ticker | None = None) -> np.ndarray:
+        """One-shot scores (cached until training changes the weights); ``progress``: an enclosing
+        phase's ticker (the evolution's), else ``setup.progress`` gets the scoring's lines."""
         missing = [a for a in dict.fromkeys(archs) if a not in self._fitness]
         if missing:
-            values = one_shot_scores(self.supernet, missing, self.setup.calib, self.setup.valid, by=self.cfg.score_by)
+            values = one_shot_scores(self.supernet, missing, self.setup.calib, self.setup.valid, by=self.cfg.score_by,
+                                     progress=progress if progress is not None else self.setup.progress)
             self._fitness.update(zip(missing, values.tolist()))
         return np.array([self._fitness[a] for a in archs], dtype=np.float64)
 
     def derive(self) -> Arch:
-        return evolve(self.score, self.cfg, random.Random(self.setup.seed * 1_000_003 + self.epoch),
-                      self.cfg.unique_sampling)
+        ticker = Ticker(self.setup.progress, "SPOS evolution", self.cfg.generations, "generations")
+        return evolve(lambda archs: self.score(archs, ticker), self.cfg,
+                      random.Random(self.setup.seed * 1_000_003 + self.epoch), self.cfg.unique_sampling,
+                      progress=ticker)
 
     # -- checkpointing
     def state_dict(self) -> dict:
@@ -149,11 +159,12 @@ class SPOS:
         self._fitness.clear()
 
 
-def evolve(fitness, cfg: SPOSConfig, rng: random.Random, unique: bool = False) -> Arch:
+def evolve(fitness, cfg: SPOSConfig, rng: random.Random, unique: bool = False,
+           progress: Ticker | None = None) -> Arch:
     """SPOS's evolutionary search; ``fitness(list[Arch]) -> array`` (higher = better).
 
     Duplicates (same encoding, or the same benchmark class when ``unique``) are never
-    evaluated twice. Returns the best arch seen.
+    evaluated twice. Returns the best arch seen. ``progress`` gets the generations done.
     """
     key = (lambda a: a.canonical()) if unique else (lambda a: a)
     seen: dict = {}  # key -> (fitness, arch)
@@ -177,7 +188,7 @@ def evolve(fitness, cfg: SPOSConfig, rng: random.Random, unique: bool = False) -
                 seen[key(arch)] = (float(f), arch)
 
     evaluate(draw(lambda: random_arch(rng, unique), cfg.population, []))
-    for _ in range(cfg.generations):
+    for generation in range(cfg.generations):
         ranked = sorted(seen.values(), key=lambda t: -t[0])
         parents = [arch for _, arch in ranked[: cfg.parents]]
 
@@ -192,4 +203,7 @@ def evolve(fitness, cfg: SPOSConfig, rng: random.Random, unique: bool = False) -
         children = draw(mutate, cfg.mutants, [])
         children += draw(cross, cfg.crossovers, children)
         evaluate(children)
+        if progress is not None:
+            best = max(f for f, _ in seen.values())
+            progress.tick(generation + 1, f"{len(seen)} archs evaluated, best fitness {best:.4f}")
     return max(seen.values(), key=lambda t: t[0])[1]

@@ -235,14 +235,19 @@ class ReLUConvBN(nn.Sequential):
 
 @lru_cache(maxsize=32)
 def _neighbour_count(height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
-    """How many of its 3x3 neighbours each pixel has inside the image (9 inside, 4 at corners)."""
-    rows = torch.full((height,), 3.0, dtype=dtype)
-    cols = torch.full((width,), 3.0, dtype=dtype)
-    rows[0] -= 1
-    rows[-1] -= 1
-    cols[0] -= 1
-    cols[-1] -= 1
-    return (rows[:, None] * cols[None, :]).view(1, 1, height, width)
+    """How many of its 3x3 neighbours each pixel has inside the image (9 inside, 4 at corners).
+
+    Built outside inference mode whatever the caller's mode: the cached tensor is reused by
+    training steps, which cannot save an inference tensor for backward.
+    """
+    with torch.inference_mode(False):
+        rows = torch.full((height,), 3.0, dtype=dtype)
+        cols = torch.full((width,), 3.0, dtype=dtype)
+        rows[0] -= 1
+        rows[-1] -= 1
+        cols[0] -= 1
+        cols[-1] -= 1
+        return (rows[:, None] * cols[None, :]).view(1, 1, height, width)
 
 
 class AvgPool3x3(nn.Module):

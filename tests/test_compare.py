@@ -1,6 +1,7 @@
 """`python -m harness.compare` end to end through Ray Tune (tiny budgets), and its bad-input errors."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -112,7 +113,7 @@ def test_resume_continues_an_interrupted_run(tmp_path, cache):
     out = tmp_path / "run"
     env = {**os.environ, "NAS_HARNESS_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
     args = [sys.executable, "-m", "harness.compare", "--methods", "spos", "--seeds", "0", "--budget", "smoke",
-            "--dataset", "synthetic", "--epochs", "6", "--output", str(out)]
+            "--dataset", "synthetic", "--epochs", "6", "--set", "spos.lr=0.0125", "--output", str(out)]
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     history = out / "trials" / "spos-seed0" / "history.csv"
@@ -137,6 +138,11 @@ def test_resume_continues_an_interrupted_run(tmp_path, cache):
     epochs = list(pd.read_csv(history)["epoch"])
     assert epochs == [1, 2, 3, 4, 5, 6], epochs  # each epoch once: nothing repeated, nothing lost
     assert pd.read_csv(out / "summary.csv")["status"].tolist() == ["ok"] * 4  # spos + the three baselines
+    # the resumed trial ran the configs resolved when the run was planned (stored in run.json),
+    # override included: nothing is re-resolved from the current presets
+    stored = json.loads((out / "run.json").read_text())["method_configs"]["spos"]
+    ran = json.loads((out / "trials" / "spos-seed0" / "config.json").read_text())["method_config"]
+    assert ran == stored and ran["lr"] == 0.0125 and ran["epochs"] == 6
 
 
 @pytest.mark.parametrize(
@@ -150,30 +156,40 @@ def test_resume_continues_an_interrupted_run(tmp_path, cache):
         (["--eval-archs", "lots"], "--eval-archs must be"),
         (["--set", "spos.lrr=1"], "unknown SPOSConfig field 'lrr'"),
         (["--resume", "--output", "/nonexistent/run"], "nothing to resume"),
+        (["--gpus-per-trial", "1"], "--gpus-per-trial 1 but the Ray cluster has 0 GPUs"),
+        (["--methods", "spos,pdarts", "--N", "2"], "--N does not apply to pdarts"),
+        (["--benchmark", "/nonexistent/nb201.csv"], "cannot load benchmark /nonexistent/nb201.csv"),
     ],
 )
-def test_bad_input_exits_2_with_one_clear_line(tmp_path, cache, args, message):
+def test_bad_input_exits_2_with_one_clear_line(tmp_path, cache, monkeypatch, capsys, args, message):
+    from harness.compare import main
+
+    if "--gpus-per-trial" in args and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setenv("NAS_HARNESS_CACHE", str(cache))
     base = ["--methods", "spos", "--dataset", "synthetic", "--output", str(tmp_path / "run")]
-    proc = compare(*base, *args, cache=cache, timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
+    code = main([*base, *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert not (tmp_path / "run" / "tune").exists()  # nothing started
 
 
-def test_a_benchmark_of_another_space_exits_2(tmp_path, cache):
+def test_a_benchmark_of_another_space_or_missing_archs_exits_2(tmp_path, cache, monkeypatch, capsys):
+    from harness.compare import main
+
+    monkeypatch.setenv("NAS_HARNESS_CACHE", str(cache))
     table = tmp_path / "other.csv"
     table.write_text("arch,cifar10_test_acc\nresnet18,93.0\nresnet34,94.0\n")
-    proc = compare("--methods", "params", "--dataset", "synthetic", "--benchmark", str(table),
-                   "--output", str(tmp_path / "run"), cache=cache, timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("error: ") and "NB201" in proc.stderr, proc.stderr
     partial = tmp_path / "partial.csv"
     partial.write_text("arch,cifar10_test_acc\n|none~0|+|none~0|none~1|+|none~0|none~1|none~2|,10.0\n"
                        "|skip_connect~0|+|none~0|none~1|+|none~0|none~1|none~2|,11.0\n")
-    proc = compare("--methods", "params", "--dataset", "synthetic", "--benchmark", str(partial),
-                   "--output", str(tmp_path / "run2"), cache=cache, timeout=120)
-    assert proc.returncode == 2 and "lacks" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    for path, message in ((table, "NB201"), (partial, "lacks")):
+        code = main(["--methods", "params", "--dataset", "synthetic", "--benchmark", str(path),
+                     "--output", str(tmp_path / path.stem)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.smoke

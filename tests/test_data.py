@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from harness import data as hd
+from harness.data import batches as hd_batches
 from harness.data import (
     CIFAR10_CLASSES,
     DATASETS,
@@ -409,7 +410,7 @@ def test_crop_is_a_real_shift_and_flip_is_torch_flip():
     rows0 = torch.tensor([0, 4, 6])
     cols0 = torch.tensor([4, 1, 4])
     flips = torch.tensor([False, False, True])
-    out = hd._crop_flip(x, rows0, cols0, flips, pad=4)
+    out = hd_batches._crop_flip(x, rows0, cols0, flips, pad=4)
     # sample 0: moved down by 4 rows (offset 0 = 4 px of zero padding on top), columns unchanged
     expected0 = torch.zeros_like(x[0])
     expected0[:, 4:, :] = x[0, :, :4, :]

@@ -16,7 +16,10 @@ import torch
 from benchmarks.train import recipe
 from harness import evaluate as ev
 from harness.config import UsageError
-from harness.evaluate import EvalContext, EvalJob, archs_from_run, eval_trial_name, run_evaluation_trial
+from harness.evaluate import archs_from_run
+from harness.evaluation_report import refresh_run_report
+from harness.evaluation_trial import EvalContext, EvalJob, eval_trial_name, run_evaluation_trial
+from harness.tables import upsert_report_section
 from harness.trial import LocalSession, TrialInterrupted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,18 +139,18 @@ def test_archs_from_a_run_are_the_derived_ones_plus_the_top_k_scored(tmp_path):
 def test_the_report_section_is_replaced_not_duplicated(tmp_path):
     report = tmp_path / "report.md"
     report.write_text("# run\n\n## Per method\n\ntable\n\n## Per trial\n\nrows\n")
-    ev.upsert_report_section(report, "## Evaluation\n\nfirst\n")
-    ev.upsert_report_section(report, "## Evaluation\n\nsecond\n")
+    upsert_report_section(report, "## Evaluation\n\nfirst\n")
+    upsert_report_section(report, "## Evaluation\n\nsecond\n")
     text = report.read_text()
     assert text.count("## Evaluation") == 1 and "second" in text and "first" not in text
     assert text.index("## Per trial") < text.index("## Evaluation")
     # an evaluation section in the middle keeps what follows it
     report.write_text("# run\n\n## Evaluation\n\nold\n\n## Per trial\n\nrows\n")
-    ev.upsert_report_section(report, "## Evaluation\n\nnew\n")
+    upsert_report_section(report, "## Evaluation\n\nnew\n")
     assert report.read_text() == "# run\n\n## Evaluation\n\nnew\n\n## Per trial\n\nrows\n"
     (tmp_path / "evaluation.md").write_text("## Evaluation\n\nnew\n")
     report.write_text("# rebuilt by harness.report\n")
-    assert ev.refresh_run_report(tmp_path) and "new" in report.read_text()
+    assert refresh_run_report(tmp_path) and "new" in report.read_text()
 
 
 def test_retrain_after_search_evaluates_the_picked_archs_into_the_run(tmp_path, monkeypatch):

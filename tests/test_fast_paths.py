@@ -66,3 +66,17 @@ def test_one_shot_scores_on_the_fast_path_equal_the_plain_path():
         fast = one_shot_scores(supernet, archs, calib, valid, by=by)
         slow = one_shot_scores(plain, archs, calib, valid, by=by)
         np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6)
+
+
+def test_pooling_after_scoring_still_trains():
+    """The neighbour-count cache must not keep an inference tensor: score first, then train."""
+    from spaces.nb201 import Arch, _neighbour_count
+
+    _neighbour_count.cache_clear()
+    torch.manual_seed(0)
+    supernet = SuperNet(4, 1)
+    pools = Arch(("avg_pool_3x3",) * 6)
+    batch = random_batches(1, size=8, res=8)
+    one_shot_scores(supernet, [pools], batch, batch)  # first sight of 8x8 under inference_mode
+    x, y = batch[0]
+    nn.functional.cross_entropy(supernet(x, path_plan(pools)), y).backward()  # must not raise

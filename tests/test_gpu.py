@@ -21,7 +21,7 @@ import torch
 from benchmarks.ranking import kendall_tau
 from harness.compare import build_context
 from harness.config import ExperimentConfig
-from harness.trial import LocalSession, TrialInterrupted, run_trial
+from harness.trial import LocalSession, TrialInterrupted, run_trial, trial_config
 from methods.base import available_methods, one_shot_scores
 from spaces.nb201 import SuperNet, path_plan, random_arch
 from tests.helpers import random_batches
@@ -49,7 +49,7 @@ def _context(tmp_path: Path):
 @pytest.mark.parametrize("method", available_methods())
 def test_every_method_runs_a_trial_on_cuda_and_resumes_from_its_checkpoint(tmp_path, method):
     exp, context = _context(tmp_path)  # each method's smoke schedule
-    config = {"method": method, "seed": 0, "experiment": exp.to_dict(), "overrides": {}}
+    config = trial_config(exp, method, 0)
     ckpt = tmp_path / "ckpt"
     interrupted = LocalSession(ckpt, stop_after_epoch=1)
     try:
@@ -70,7 +70,7 @@ def test_every_method_runs_a_trial_on_cuda_and_resumes_from_its_checkpoint(tmp_p
 
 def test_a_from_scratch_evaluation_trial_runs_on_cuda(tmp_path):
     from benchmarks.train import recipe
-    from harness.evaluate import EvalContext, EvalJob, run_evaluation_trial
+    from harness.evaluation_trial import EvalContext, EvalJob, run_evaluation_trial
 
     r = recipe("nb201", epochs=2, C=8, N=1, batch_size=64)
     job = EvalJob(dataset="synthetic", synthetic_train=512, synthetic_test=128, device=DEVICE,

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from methods.base import SearchSetup, config_from_dict, config_to_dict, get_method, one_shot_eval
+from common.config import config_from_dict, config_to_dict
+from methods.base import SearchSetup, get_method, one_shot_eval
 from methods.hopnas import HOPNAS, HOPNASConfig, NUM_EVENTS
 from spaces.nb201 import NONE, NUM_EDGES, OPS, SKIP, Arch, Term, all_archs
 from helpers import random_batches

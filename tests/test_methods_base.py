@@ -8,14 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from common.config import coerce_field, config_from_dict, config_to_dict
 from methods.base import (
     METHODS,
     SearchMethod,
     SearchSetup,
     available_methods,
-    coerce_field,
-    config_from_dict,
-    config_to_dict,
     get_method,
     one_shot_eval,
     one_shot_scores,

@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.base import SearchSetup, config_from_dict, config_to_dict, get_method
+from common.config import config_from_dict, config_to_dict
+from methods.base import SearchSetup, get_method
 from methods.nap import NAP, NAPConfig
 from spaces.nb201 import NONE, NUM_EDGES, OPS, Arch, Term, all_archs
 from helpers import random_batches

@@ -1,7 +1,9 @@
 """Ranking metrics: equal to scipy with ties, hand-checked top-k cases, strict errors, sign."""
 from __future__ import annotations
 
+import itertools
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from benchmarks.ranking import (
     spearman,
     top_k_count,
 )
+from benchmarks.ranking import _expected_overlap
 
 METRICS = [kendall_tau, spearman, precision_at_top_k, kendall_tau_top_k]
 
@@ -71,10 +74,131 @@ def test_precision_at_top_k_hand_case() -> None:
     assert precision_at_top_k(pred, true, k=0.10) == 1.0
 
 
-def test_precision_ties_at_the_cut_go_to_input_order() -> None:
+def old_top_set(values: np.ndarray, n_top: int) -> np.ndarray:
+    """The former rule: stable descending sort, ties at the cut go to input order."""
+    return np.argsort(-values, kind="stable")[:n_top]
+
+
+def outcome(metric, pred: np.ndarray, true: np.ndarray, k: float) -> float | str:
+    try:
+        return metric(pred, true, k=k)
+    except ValueError:
+        return "undefined"
+
+
+def test_precision_tied_block_at_the_cut_counts_fractionally() -> None:
     pred = np.array([1.0, 1.0, 1.0, 0.0, 0.0])  # n_top = 1: a three-way tie at the cut
-    assert precision_at_top_k(pred, np.array([5.0, 4, 3, 2, 1]), k=0.2) == 1.0  # first tied item wins
-    assert precision_at_top_k(pred, np.array([4.0, 5, 3, 2, 1]), k=0.2) == 0.0
+    # 1 slot for 3 tied items: each is in the predicted top with prob 1/3; the true top item
+    # is one of them, so E|P ∩ T| = 1/3 and p@k = 1/3, whichever tied item is the true best.
+    assert precision_at_top_k(pred, np.array([5.0, 4, 3, 2, 1]), k=0.2) == pytest.approx(1 / 3, abs=1e-15)
+    assert precision_at_top_k(pred, np.array([4.0, 5, 3, 2, 1]), k=0.2) == pytest.approx(1 / 3, abs=1e-15)
+    assert precision_at_top_k(pred, np.array([1.0, 2, 3, 5, 4]), k=0.2) == 0.0  # true best not tied
+
+
+def test_precision_hand_case_with_tied_blocks_straddling_the_cut() -> None:
+    # n = 10, k = 0.5 -> n_top = 5.
+    pred = np.array([9.0, 8, 5, 5, 5, 5, 2, 1, 0, -1])
+    # pred: above the cut {0, 1}; tied block at 5 = {2, 3, 4, 5} (m_p = 4), slots s_p = 5 - 2 = 3.
+    true = np.array([10.0, 1, 9, 8, 2, 3, 4, 7, 6, 0])
+    # true (no ties): top 5 = {0 (10), 2 (9), 3 (8), 7 (7), 8 (6)}.
+    # overlap = 1 (item 0, above in pred) + 3/4 * 2 (items 2, 3 of pred's block) = 2.5
+    # p@k = 2.5 / 5 = 0.5
+    assert precision_at_top_k(pred, true, k=0.5) == 0.5
+    true = np.array([10.0, 1, 9, 7, 7, 7, 4, 7, 2, 0])
+    # true: above the cut {0, 2}; tied block at 7 = {3, 4, 5, 7} (m_t = 4), slots s_t = 3.
+    # A = #(above both) = |{0}| = 1;   B = #(pred block, true above) = |{2}| = 1;
+    # C = #(pred above, true block) = 0;   D = #(both blocks) = |{3, 4, 5}| = 3.
+    # overlap = 1 + 3/4 * 1 + 3/4 * 0 + (3/4) * (3/4) * 3 = 1 + 0.75 + 27/16 = 55/16
+    # p@k = 55/16 / 5 = 11/16 = 0.6875
+    assert precision_at_top_k(pred, true, k=0.5) == 0.6875
+    # The same value is the average, over every order of pred's tied block and (independently)
+    # of true's tied block, of the plain overlap of two strict top-5 sets.
+    overlaps = []
+    for p_order in itertools.permutations([2, 3, 4, 5]):
+        for t_order in itertools.permutations([3, 4, 5, 7]):
+            p_tiebreak, t_tiebreak = np.zeros(10), np.zeros(10)
+            p_tiebreak[list(p_order)] = np.arange(4)
+            t_tiebreak[list(t_order)] = np.arange(4)
+            p_top = np.lexsort((p_tiebreak, -pred))[:5]  # last key is primary
+            t_top = np.lexsort((t_tiebreak, -true))[:5]
+            overlaps.append(np.intersect1d(p_top, t_top).size)
+    assert np.mean(overlaps) / 5 == pytest.approx(0.6875, abs=1e-12)
+
+
+@pytest.mark.parametrize(("n", "k"), [(5, 0.2), (10, 0.25), (20, 0.05), (37, 0.3), (100, 0.05), (64, 1.0)])
+def test_constant_score_gets_exactly_the_chance_precision(n: int, k: float) -> None:
+    n_top = top_k_count(n, k)
+    rng = np.random.default_rng(n)
+    true = rng.integers(0, 4, size=n).astype(float)  # heavily tied truth, ties at its cut too
+    true[0] = 10.0  # never constant
+    # A constant pred is rejected by the public metric (ranking undefined), so the chance value
+    # is checked on the exact expected overlap it uses: n_top * (n_top / n) shared items.
+    assert _expected_overlap(np.ones(n), true, n_top) / n_top == Fraction(n_top, n)
+    # Public metric: all tied except one item strictly below, the true worst (unique). Its tied
+    # block of n - 1 items holds the whole true top, so p@k = chance among those n - 1 exactly.
+    true = rng.permutation(n).astype(float)
+    pred = np.ones(n)
+    pred[np.argmin(true)] = 0.0
+    expected = n_top / (n - 1) if n_top < n else 1.0
+    assert precision_at_top_k(pred, true, k=k) == expected
+    for seed in range(4):  # the same value whatever the input order (arrays shuffled jointly)
+        perm = np.random.default_rng(seed).permutation(n)
+        assert precision_at_top_k(pred[perm], true[perm], k=k) == expected
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_top_k_metrics_are_invariant_to_input_order_on_tied_data(seed: int) -> None:
+    pred, true = tied_pair(seed, n=60)
+    rng = np.random.default_rng(100 + seed)
+    for k in (0.05, 0.1, 0.3, 0.5):
+        p_at_k = precision_at_top_k(pred, true, k=k)
+        tau = outcome(kendall_tau_top_k, pred, true, k)
+        for _ in range(5):
+            perm = rng.permutation(pred.size)
+            assert precision_at_top_k(pred[perm], true[perm], k=k) == p_at_k
+            permuted = outcome(kendall_tau_top_k, pred[perm], true[perm], k)
+            if isinstance(tau, str):
+                assert permuted == tau
+            else:
+                assert permuted == pytest.approx(tau, abs=1e-12)
+
+
+def test_old_order_rule_did_depend_on_input_order_on_this_data() -> None:
+    """Keeps the invariance test above honest: on this tied data the old stable-sort rule gives
+    overlaps from 1 to 4 of 6 depending on the input order; the new p@k is one number."""
+    pred, true = tied_pair(4, n=60)
+    n_top = top_k_count(60, 0.1)
+    perms = [np.random.default_rng(s).permutation(60) for s in range(20)]
+    old = {np.intersect1d(old_top_set(pred[q], n_top), old_top_set(true[q], n_top)).size for q in perms}
+    assert old == {1, 2, 3, 4}
+    assert len({precision_at_top_k(pred[q], true[q], k=0.1) for q in perms}) == 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_without_ties_top_k_metrics_equal_the_strict_order_rule(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    true = rng.normal(size=50)
+    pred = true + rng.normal(size=50)
+    for k in (0.05, 0.1, 0.25, 0.5, 1.0):
+        n_top = top_k_count(50, k)
+        shared = np.intersect1d(old_top_set(pred, n_top), old_top_set(true, n_top)).size
+        assert precision_at_top_k(pred, true, k=k) == shared / n_top
+        if n_top >= 2:
+            keep = old_top_set(true, n_top)
+            assert kendall_tau_top_k(pred, true, k=k) == pytest.approx(kendall_tau(pred[keep], true[keep]), abs=1e-12)
+
+
+def test_kendall_tau_top_k_keeps_a_tied_true_block_at_the_cut_whole() -> None:
+    true = np.array([0.0, 1, 2, 3, 4, 5, 6, 7, 7, 9])  # k=0.2 -> n_top = 2: cut value 7, block {7, 8}
+    pred = np.array([9.0, 8, 7, 6, 5, 4, 3, 1, 2, 3])
+    # Kept: {9} above + the whole block {7, 8} = 3 items (the old rule kept {9, 7} and gave 1.0).
+    # Pairs: (7, 8) tied in true; (7, 9) and (8, 9) concordant. tau-b = (2 - 0) / sqrt((3 - 1) * 3)
+    assert kendall_tau_top_k(pred, true, k=0.2) == pytest.approx(2 / math.sqrt(6), abs=1e-12)
+    rev = np.arange(10)[::-1]
+    assert kendall_tau_top_k(pred[rev], true[rev], k=0.2) == pytest.approx(2 / math.sqrt(6), abs=1e-12)
+    # A kept block that leaves true constant inside is undefined, and the message says its size.
+    with pytest.raises(ValueError, match=r"top 20% \(3 items\).*true is constant"):
+        kendall_tau_top_k(pred, np.array([0.0, 1, 2, 3, 4, 5, 6, 9, 9, 9]), k=0.2)
 
 
 def test_kendall_tau_top_k_uses_only_the_true_top() -> None:

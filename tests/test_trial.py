@@ -9,7 +9,7 @@ import pytest
 
 from harness.compare import build_context
 from harness.config import ExperimentConfig
-from harness.trial import LocalSession, TrialInterrupted, run_trial
+from harness.trial import LocalSession, TrialInterrupted, run_trial, trial_config
 
 
 def _setup(tmp_path: Path, epochs: int = 3, **exp_changes):
@@ -23,7 +23,7 @@ def _setup(tmp_path: Path, epochs: int = 3, **exp_changes):
 
 
 def _config(exp, method="spos", seed=0, overrides=None):
-    return {"method": method, "seed": seed, "experiment": exp.to_dict(), "overrides": overrides or {}}
+    return trial_config(exp, method, seed, overrides)
 
 
 def test_trial_writes_its_artifacts(tmp_path):
@@ -68,7 +68,7 @@ def test_a_trial_stopped_after_epoch_k_resumes_to_the_same_scores(tmp_path):
 def test_a_nan_loss_fails_the_trial_with_its_reason(tmp_path):
     exp, context = _setup(tmp_path, epochs=2)
     with pytest.raises(FloatingPointError, match="non-finite loss"):
-        run_trial(_config(exp, overrides={"spos": {"lr": float("nan")}}), context, LocalSession())
+        run_trial(_config(exp, overrides={"lr": float("nan")}), context, LocalSession())
     error = (Path(context.output) / "trials" / "spos-seed0" / "error.txt").read_text()
     assert error.startswith("NonFiniteLossError: non-finite loss")
 
