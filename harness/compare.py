@@ -39,7 +39,7 @@ from harness.trial import RunContext, ray_trainable, trial_config, trial_name
 def parse_overrides(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``--set spos.lr=0.1`` -> {"spos": {"lr": 0.1}}, typed like the config field."""
     from common.config import coerce_field
-    from methods.base import get_method
+    from methods.registry import get_method
 
     out: dict[str, dict[str, Any]] = {}
     for item in items:
@@ -120,7 +120,7 @@ class Plan:
 
 
 def _methods(text: str) -> list[str]:
-    from methods.base import get_method
+    from methods.registry import get_method
 
     methods = [m.strip() for m in text.split(",") if m.strip()]
     if not methods:
@@ -137,7 +137,7 @@ def _methods(text: str) -> list[str]:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     from harness.data import DATASETS
-    from methods.base import get_method
+    from methods.registry import get_method
 
     methods = _methods(args.methods)
     seeds = parse_seeds(args.seeds)
@@ -287,7 +287,7 @@ def _plan_from_run_json(output: Path) -> Plan:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list_methods:
-        from methods.base import available_methods, describe
+        from methods.registry import available_methods, describe
 
         print("\n".join(f"{name:<12} {describe(name)}" for name in available_methods()))
         return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -12,9 +12,7 @@ import pandas as pd
 from harness.evaluation_trial import EVAL_DIR, eval_trial_name
 from harness.files import read_json
 from harness.tables import markdown_table, mean_std, upsert_report_section
-
-if TYPE_CHECKING:
-    from harness.evaluate import EvalPlan
+from harness.evaluation_plan import EvalPlan
 
 SECTION = "## Evaluation"
 EVAL_COLUMNS = ["arch", "seed", "dataset", "epochs", "test_top1", "test_top5", "params", "flops", "truth",
@@ -22,7 +20,7 @@ EVAL_COLUMNS = ["arch", "seed", "dataset", "epochs", "test_top1", "test_top5", "
                 "test_loss", "error"]
 
 
-def collect_evaluation(plan: "EvalPlan", errors: Mapping[tuple[str, int], str] | None = None) -> pd.DataFrame:
+def collect_evaluation(plan: EvalPlan, errors: Mapping[tuple[str, int], str] | None = None) -> pd.DataFrame:
     """One row per arch x seed of the plan, from the trial directories (no Ray needed)."""
     rows = []
     for arch, seed in plan.expected():
@@ -68,7 +66,7 @@ def rank_correlation(frame: pd.DataFrame) -> tuple[float | None, str]:
         return None, str(err)
 
 
-def evaluation_markdown(plan: "EvalPlan", frame: pd.DataFrame) -> str:
+def evaluation_markdown(plan: EvalPlan, frame: pd.DataFrame) -> str:
     """The ``## Evaluation`` section: setup, one row per arch (mean ± std over seeds), per trial."""
     r, job = plan.recipe, plan.job
     subset = ", ".join(f"{k} {v}" for k, v in (("train images", job.train_images), ("test images", job.test_images)) if v)
@@ -116,7 +114,7 @@ def refresh_run_report(run_dir: str | Path) -> bool:
     return True
 
 
-def write_outputs(plan: "EvalPlan", errors: Mapping[tuple[str, int], str] | None = None) -> pd.DataFrame:
+def write_outputs(plan: EvalPlan, errors: Mapping[tuple[str, int], str] | None = None) -> pd.DataFrame:
     """``evaluation.csv`` + ``evaluation.md`` in the output, and the report section of the search run."""
     frame = collect_evaluation(plan, errors)
     frame.to_csv(plan.output / "evaluation.csv", index=False)

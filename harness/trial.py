@@ -28,7 +28,8 @@ from common.config import config_from_dict, config_to_dict
 from harness.config import ExperimentConfig, method_config
 from harness.files import device_name, json_safe, select_device, write_json
 from harness.loop import LocalSession, RaySession, Session, TrialInterrupted, run_epochs
-from methods.base import SearchSetup, get_method
+from methods.base import SearchSetup
+from methods.registry import get_method
 from spaces.nb201 import Arch, count_params
 
 FINAL_STATE = "final_state.pt"  # the searched method, kept with the trial's files (harness.score)

@@ -1,6 +1,6 @@
-"""The method interface, the registry, and the helpers every method shares.
+"""The method interface and the helpers every method shares (the registry: ``methods.registry``).
 
-A method is one class in its own module, registered under a name, with a frozen ``Config``
+A method is one class in its own module, listed by name in ``methods.registry``, with a frozen ``Config``
 dataclass (defaults = the published schedule, ``preset(budget)`` shrinks it). The harness
 builds it as ``cls(cfg, setup)`` and drives it epoch by epoch:
 
@@ -18,7 +18,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Protocol, Sequence, Sized, TypeVar, runtime_checkable
+from typing import Callable, ClassVar, Iterable, Iterator, Protocol, Sequence, Sized, runtime_checkable
 
 import numpy as np
 import torch
@@ -76,54 +76,6 @@ class SearchMethod(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
-
-
-# --------------------------------------------------------------------------- registry
-
-METHODS: dict[str, Any] = {}  # name -> method class (a SearchMethod)
-_M = TypeVar("_M", bound=type)
-
-
-def register(cls: _M) -> _M:
-    """Class decorator: add a method to ``METHODS`` under ``cls.name`` (duplicates raise)."""
-    name = getattr(cls, "name", None)
-    if not name or not isinstance(name, str):
-        raise TypeError(f"{cls.__name__} needs a class attribute `name`")
-    if name in METHODS and METHODS[name] is not cls:
-        raise ValueError(f"method name {name!r} is already registered by {METHODS[name].__module__}")
-    METHODS[name] = cls
-    return cls
-
-
-def _load_builtin_methods() -> None:
-    # Imported for the side effect of registration, explicitly: a missing or renamed method file
-    # fails here with ModuleNotFoundError instead of silently vanishing from the registry.
-    # Kept lazy so that `import methods.base` stays cheap and the concrete methods can import it.
-    from methods import baselines, dnal, hopnas, nap, pdarts, proxies, spos  # noqa: F401
-
-
-def get_method(name: str) -> Any:
-    _load_builtin_methods()
-    if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
-
-
-def describe(name: str) -> str:
-    """One line about a registered method: its ``summary``, else its module's first line."""
-    import sys
-
-    cls = get_method(name)
-    summary = getattr(cls, "summary", None)
-    if summary:
-        return str(summary)
-    doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip()
-    return doc.splitlines()[0].rstrip(". ") if doc else ""
-
-
-def available_methods() -> list[str]:
-    _load_builtin_methods()
-    return sorted(METHODS)
 
 
 # --------------------------------------------------------------------------- shared training helpers

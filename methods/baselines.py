@@ -17,7 +17,7 @@ from typing import ClassVar, Iterable, Sequence
 import numpy as np
 
 from common.config import check_budget
-from methods.base import Batch, SearchSetup, register
+from methods.base import Batch, SearchSetup
 from spaces.nb201 import Arch, count_flops, count_params, random_arch
 
 BASELINES = ("params", "flops", "random")  # what every ranking report shows beside the methods
@@ -50,7 +50,6 @@ class _NoTraining:
         pass
 
 
-@register
 class ParamsBaseline(_NoTraining):
     name: ClassVar[str] = "params"
     summary: ClassVar[str] = "baseline: parameter count of the benchmark network (C=16, N=5)"
@@ -62,7 +61,6 @@ class ParamsBaseline(_NoTraining):
         return Arch(("nor_conv_3x3",) * 6)  # the largest cell
 
 
-@register
 class FlopsBaseline(_NoTraining):
     name: ClassVar[str] = "flops"
     summary: ClassVar[str] = "baseline: the benchmark's FLOPs count (convs, classifier, average pooling)"
@@ -75,7 +73,6 @@ class FlopsBaseline(_NoTraining):
         return Arch(("nor_conv_3x3",) * 6)  # the most FLOPs
 
 
-@register
 class RandomBaseline(_NoTraining):
     name: ClassVar[str] = "random"
     summary: ClassVar[str] = "baseline: a seeded uniform random score (tau ~ 0)"

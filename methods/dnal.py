@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.config import BUDGETS
-from methods.base import Batch, Meter, SearchSetup, check_finite, cosine_lr, register, set_lr, sgd, table_scores
+from methods.base import Batch, Meter, SearchSetup, check_finite, cosine_lr, set_lr, sgd, table_scores
 from methods.base import Ticker, length_or_none
 from methods.gates import ScaledSigmoidGate, continuation_delta, gate_parameters, total_penalty
 from spaces.nb201 import EDGES, NONE, NUM_EDGES, OPS, Arch, SuperNet, Term
@@ -167,7 +167,6 @@ class _Gates(nn.Module):
         return out
 
 
-@register
 class DNAL:
     name: ClassVar[str] = "dnal"
     Config: ClassVar[type] = DNALConfig

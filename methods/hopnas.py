@@ -81,7 +81,6 @@ from methods.base import (
     one_shot_scores,
     preserved_bn_statistics,
     length_or_none,
-    register,
     set_lr,
     sgd,
 )
@@ -213,7 +212,6 @@ def _stages(order: str) -> tuple[tuple[str, int], ...]:
     return (("edges", 1), ("edges", 2), ("edges", 3), ("ops", 1), ("ops", 2), ("ops", 3))
 
 
-@register
 class HOPNAS:
     name: ClassVar[str] = "hopnas"
     Config: ClassVar[type] = HOPNASConfig

@@ -53,7 +53,6 @@ from methods.base import (
     check_finite,
     cosine_lr,
     length_or_none,
-    register,
     set_lr,
     sgd,
     table_scores,
@@ -135,7 +134,6 @@ class NAPConfig:
         raise ValueError(f"unknown budget {budget!r}; budgets: {', '.join(BUDGETS)}")
 
 
-@register
 class NAP:
     name: ClassVar[str] = "nap"
     Config: ClassVar[type] = NAPConfig

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.config import BUDGETS
-from methods.base import Batch, Meter, SearchSetup, check_finite, cosine_lr, register, set_lr, sgd, table_scores, cycle
+from methods.base import Batch, Meter, SearchSetup, check_finite, cosine_lr, set_lr, sgd, table_scores, cycle
 from methods.base import Ticker, length_or_none
 from spaces.nb201 import EDGES, NONE, NUM_EDGES, OPS, SKIP, Arch, SuperNet, Term
 
@@ -170,7 +170,6 @@ def _skip_dropout(p: float, gen: torch.Generator) -> Callable[[torch.Tensor], to
     return drop
 
 
-@register
 class PDARTS:
     name: ClassVar[str] = "pdarts"
     uses_setup_N: ClassVar[bool] = False  # depth comes from `stage_cells`; the harness refuses --N

@@ -78,7 +78,7 @@ from scipy import stats
 from torch import nn
 
 from common.config import check_budget
-from methods.base import Batch, SearchSetup, register
+from methods.base import Batch, SearchSetup
 from spaces.nb201 import EDGES, NUM_NODES, Arch, Network, count_flops
 
 PROXIES: tuple[str, ...] = ("synflow", "snip", "grad_norm", "fisher", "jacob_cov", "nwot", "zico")
@@ -526,56 +526,48 @@ class _ProxyMethod:
         }
 
 
-@register
 class SynflowProxy(_ProxyMethod):
     name: ClassVar[str] = "synflow"
     summary: ClassVar[str] = "synaptic flow: sum |θ·∂R/∂θ| of the |weights| net on an all-ones input, no data (Tanaka 2020)"
     components: ClassVar[tuple[str, ...]] = ("synflow",)
 
 
-@register
 class SnipProxy(_ProxyMethod):
     name: ClassVar[str] = "snip"
     summary: ClassVar[str] = "sum |θ·∂L/∂θ| on one labelled minibatch of 64 (Lee et al., ICLR 2019)"
     components: ClassVar[tuple[str, ...]] = ("snip",)
 
 
-@register
 class GradNormProxy(_ProxyMethod):
     name: ClassVar[str] = "grad_norm"
     summary: ClassVar[str] = "sum over layers of ‖∂L/∂θ‖₂ on one minibatch of 64 (Abdelfattah et al., ICLR 2021)"
     components: ClassVar[tuple[str, ...]] = ("grad_norm",)
 
 
-@register
 class FisherProxy(_ProxyMethod):
     name: ClassVar[str] = "fisher"
     summary: ClassVar[str] = "sum over channels of (Σ activation·gradient)²/2 on one minibatch of 64 (Theis 2018, Turner 2020)"
     components: ClassVar[tuple[str, ...]] = ("fisher",)
 
 
-@register
 class JacobCovProxy(_ProxyMethod):
     name: ClassVar[str] = "jacob_cov"
     summary: ClassVar[str] = "input-Jacobian correlation eigenvalue score on 64 images (Mellor et al. 2020, v1)"
     components: ClassVar[tuple[str, ...]] = ("jacob_cov",)
 
 
-@register
 class NwotProxy(_ProxyMethod):
     name: ClassVar[str] = "nwot"
     summary: ClassVar[str] = "log|det K| of the ReLU binary-code kernel on 128 images (Mellor et al., ICML 2021)"
     components: ClassVar[tuple[str, ...]] = ("nwot",)
 
 
-@register
 class ZicoProxy(_ProxyMethod):
     name: ClassVar[str] = "zico"
     summary: ClassVar[str] = "sum over layers of log(Σ mean|g|/std(g)) over 2 minibatches of 64 (Li et al., ICLR 2023)"
     components: ClassVar[tuple[str, ...]] = ("zico",)
 
 
-@register
 class AZRankAggregate(_ProxyMethod):
     """``az_rank``: AZ-NAS's rank aggregation (Σ log(rank/n), Lee & Ham, CVPR 2024) of our proxies.
 
@@ -596,3 +588,8 @@ class AZRankAggregate(_ProxyMethod):
     def combine(self, table: Mapping[str, np.ndarray]) -> np.ndarray:
         return log_rank_aggregate({c: table[c] for c in self.components})
 
+
+
+PROXY_METHODS: tuple[type[_ProxyMethod], ...] = (SynflowProxy, SnipProxy, GradNormProxy, FisherProxy, JacobCovProxy,
+                                                 NwotProxy, ZicoProxy, AZRankAggregate)
+"""The training-free methods of this module, in the order ``methods.registry`` lists them."""

@@ -34,7 +34,6 @@ from methods.base import (
     cosine_lr,
     length_or_none,
     one_shot_scores,
-    register,
     rng_state,
     set_lr,
     set_rng_state,
@@ -85,7 +84,6 @@ class SPOSConfig:
         raise ValueError(f"unknown budget {budget!r}; budgets: {', '.join(BUDGETS)}")
 
 
-@register
 class SPOS:
     name: ClassVar[str] = "spos"
     Config: ClassVar[type] = SPOSConfig

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from common.config import config_from_dict, config_to_dict
-from methods.base import SearchSetup, get_method
+from methods.base import SearchSetup
+from methods.registry import get_method
 from methods.dnal import DNAL, DNALConfig
 from methods.gates import ScaledSigmoidGate, continuation_delta, total_penalty
 from spaces.nb201 import NONE, OPS, Arch, random_arch

@@ -22,7 +22,8 @@ from benchmarks.ranking import kendall_tau
 from harness.compare import build_context
 from harness.config import ExperimentConfig
 from harness.trial import LocalSession, TrialInterrupted, run_trial, trial_config
-from methods.base import available_methods, one_shot_scores
+from methods.base import one_shot_scores
+from methods.registry import available_methods
 from spaces.nb201 import SuperNet, path_plan, random_arch
 from tests.helpers import random_batches
 

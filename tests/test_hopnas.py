@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from common.config import config_from_dict, config_to_dict
-from methods.base import SearchSetup, get_method, one_shot_eval
+from methods.base import SearchSetup, one_shot_eval
+from methods.registry import get_method
 from methods.hopnas import HOPNAS, HOPNASConfig, NUM_EVENTS
 from spaces.nb201 import NONE, NUM_EDGES, OPS, SKIP, Arch, Term, all_archs
 from helpers import random_batches

@@ -9,17 +9,8 @@ import pytest
 import torch
 
 from common.config import coerce_field, config_from_dict, config_to_dict
-from methods.base import (
-    METHODS,
-    SearchMethod,
-    SearchSetup,
-    available_methods,
-    get_method,
-    one_shot_eval,
-    one_shot_scores,
-    register,
-    sgd,
-)
+from methods.base import SearchMethod, SearchSetup, one_shot_eval, one_shot_scores, sgd
+from methods.registry import METHODS, available_methods, get_method, register
 from spaces.nb201 import Arch, SuperNet, path_plan
 from helpers import random_batches as batches
 

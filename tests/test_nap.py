@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from common.config import config_from_dict, config_to_dict
-from methods.base import SearchSetup, get_method
+from methods.base import SearchSetup
+from methods.registry import get_method
 from methods.nap import NAP, NAPConfig
 from spaces.nb201 import NONE, NUM_EDGES, OPS, Arch, Term, all_archs
 from helpers import random_batches

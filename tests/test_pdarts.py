@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from common.config import config_from_dict, config_to_dict
-from methods.base import SearchSetup, get_method
+from methods.base import SearchSetup
+from methods.registry import get_method
 from methods.pdarts import PDARTS, PDARTSConfig, _skip_dropout
 from spaces.nb201 import NONE, SKIP, Arch, random_arch
 from helpers import random_batches as _batches

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import SearchSetup, get_method
+from methods.base import SearchSetup
+from methods.registry import get_method
 from methods.proxies import (
     DISCONNECTED_FLOOR, PROXIES, ProxyConfig, ReluCodeKernel, build_network, compute_proxies,
     disconnected_value, fisher_score, grad_norm_score, gradient_pass, images_needed, is_disconnected,
