@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from harness.evaluation_trial import EVAL_DIR, eval_trial_name
-from harness.files import read_json
+from harness.files import trial_outcome
 from harness.tables import markdown_table, mean_std, upsert_report_section
 from harness.evaluation_plan import EvalPlan
 
@@ -29,21 +29,7 @@ def collect_evaluation(plan: EvalPlan, errors: Mapping[tuple[str, int], str] | N
                                "source": plan.context.sources.get(arch), "recipe": plan.recipe.name,
                                "C": plan.recipe.C, "N": plan.recipe.N,
                                "truth": (plan.context.truth or {}).get(arch)}
-        result = read_json(trial_dir / "result.json")
-        if result is not None:
-            row.update({k: result.get(k) for k in EVAL_COLUMNS if k in result})
-            row["status"] = "ok"
-        elif (trial_dir / "error.txt").exists():
-            row.update(status="failed", error=(trial_dir / "error.txt").read_text().strip().splitlines()[-1][:500])
-        elif errors and (arch, seed) in errors:
-            row.update(status="failed", error=errors[(arch, seed)])
-        else:
-            row.update(status="incomplete", error="no result (interrupted? rerun with --resume)")
-        if result is None and (trial_dir / "history.csv").exists():
-            history = pd.read_csv(trial_dir / "history.csv")
-            if len(history):
-                row["epochs"] = int(history["epoch"].iloc[-1])
-                row["wall_s"] = float(history["wall_s"].iloc[-1])
+        row.update(trial_outcome(trial_dir, EVAL_COLUMNS, (errors or {}).get((arch, seed))))
         rows.append(row)
     frame = pd.DataFrame(rows)
     for col in EVAL_COLUMNS:

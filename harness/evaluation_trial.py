@@ -18,6 +18,7 @@ import torch
 from common.config import config_from_dict, config_to_dict
 from harness.files import device_name, json_safe, select_device, write_json
 from harness.loop import RaySession, Session, TrialInterrupted, run_epochs
+from harness.progress import line_printer, ticking
 
 EVAL_DIR = "evaluation"            # trial directories: <output>/evaluation/<trial>/
 DATASETS = ("cifar10", "cifar100", "synthetic", "imagenet")
@@ -226,8 +227,10 @@ def _evaluate(config: dict[str, Any], arch_str: str, seed: int, context: EvalCon
         "device": device_name(device), "bf16_autocast": trainer.amp, "channels_last": trainer.channels_last,
         **context.provenance,
     })
+    say = line_printer(trial_dir.name, width=28)
     progress = run_epochs(session, trial_dir, r.epochs, {"trainer": trainer, "data": data},
-                          lambda epoch: train_and_test(trainer, epoch, data.train(epoch), data.test))
+                          lambda epoch: train_and_test(trainer, epoch, ticking(data.train(epoch), say, f"epoch {epoch}"),
+                                                       data.test))
     last = progress.history[-1]
     final = {
         "arch": arch_str, "seed": seed, "dataset": job.dataset, "epochs": r.epochs,

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,29 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def trial_outcome(trial_dir: Path, columns: Sequence[str], reason: str | None = None) -> dict[str, Any]:
+    """How a trial ended, from its directory alone: ``status`` ok (its ``result.json``, the
+    ``columns`` of it), failed (``error.txt``'s last line, else ``reason``) or incomplete; for an
+    unfinished trial, the epochs and wall time its ``history.csv`` reached."""
+    result = read_json(trial_dir / "result.json")
+    if result is not None:
+        return {**{k: result.get(k) for k in columns if k in result}, "status": "ok"}
+    row: dict[str, Any]
+    if (trial_dir / "error.txt").exists():
+        row = {"status": "failed", "error": (trial_dir / "error.txt").read_text().strip().splitlines()[-1][:500]}
+    elif reason:
+        row = {"status": "failed", "error": reason}
+    else:
+        row = {"status": "incomplete", "error": "no result yet (interrupted? rerun with --resume)"}
+    if (trial_dir / "history.csv").exists():
+        import pandas as pd
+
+        history = pd.read_csv(trial_dir / "history.csv")
+        if len(history):
+            row.update(epochs=int(history["epoch"].iloc[-1]), wall_s=float(history["wall_s"].iloc[-1]))
+    return row
 
 
 def resolve_path(text: str | None) -> str | None:

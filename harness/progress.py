@@ -2,7 +2,33 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, Sized
+
+
+def line_printer(name: str, width: int = 18) -> Callable[[str], None]:
+    """``say(text)`` printing ``[  12.3s] name  text`` (a trial's own progress lines; under Ray
+    they reach the driver through ``log_to_driver``)."""
+    start = time.time()
+
+    def say(text: str) -> None:
+        print(f"[{time.time() - start:7.1f}s] {name:<{width}} {text}", flush=True)
+
+    return say
+
+
+def ticking(items: Iterable[Any], say: Callable[[str], None], what: str, every_s: float = 30.0,
+            clock: Callable[[], float] = time.monotonic) -> Iterator[Any]:
+    """``items`` unchanged, with a ``what: k/n (t s)`` line through ``say`` at most (and, while
+    items keep coming, at least) once per ``every_s`` seconds: long epochs say they are alive."""
+    total = len(items) if isinstance(items, Sized) else None
+    start = last = clock()
+    for k, item in enumerate(items, start=1):
+        yield item
+        now = clock()
+        if now - last >= every_s:
+            last = now
+            of = f"/{total}" if total is not None else ""
+            say(f"{what}: {k}{of} batches ({now - start:.0f} s)")
 
 
 def epoch_line(result: dict[str, Any], keys: Sequence[str]) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from harness.evaluation_report import refresh_run_report
-from harness.files import read_json
+from harness.files import read_json, trial_outcome
 from harness.tables import markdown_table, mean_std
 
 SUMMARY_COLUMNS = [
@@ -36,20 +36,7 @@ def collect(run_dir: Path, expected: Sequence[tuple[str, int]] = (), errors: dic
             continue
         key = (config["method"], int(config["seed"]))
         row: dict[str, Any] = {"method": key[0], "seed": key[1], "trial_dir": str(trial_dir)}
-        result = read_json(trial_dir / "result.json")
-        error = (trial_dir / "error.txt")
-        if result is not None:
-            row.update({k: result.get(k) for k in SUMMARY_COLUMNS if k in result})
-            row["status"] = "ok"
-        elif error.exists():
-            row.update(status="failed", error=error.read_text().strip().splitlines()[-1][:500])
-        else:
-            row.update(status="incomplete", error="no result yet (interrupted? rerun with --resume)")
-        if result is None and (trial_dir / "history.csv").exists():
-            history = pd.read_csv(trial_dir / "history.csv")
-            if len(history):
-                row["epochs"] = int(history["epoch"].iloc[-1])
-                row["wall_s"] = float(history["wall_s"].iloc[-1])
+        row.update(trial_outcome(trial_dir, SUMMARY_COLUMNS))
         rows[key] = row
     for key, message in (errors or {}).items():
         row = rows.setdefault(key, {"method": key[0], "seed": key[1]})

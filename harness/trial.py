@@ -28,6 +28,7 @@ from common.config import config_from_dict, config_to_dict
 from harness.config import ExperimentConfig, method_config
 from harness.files import device_name, json_safe, select_device, write_json
 from harness.loop import LocalSession, RaySession, Session, TrialInterrupted, run_epochs
+from harness.progress import line_printer
 from methods.base import SearchSetup
 from methods.registry import get_method
 from spaces.nb201 import Arch, count_params
@@ -131,19 +132,10 @@ def run_trial(config: dict[str, Any], context: RunContext, session: Session) -> 
         raise
 
 
-def _line_printer(name: str):
-    start = time.time()
-
-    def say(text: str) -> None:
-        print(f"[{time.time() - start:7.1f}s] {name:<18} {text}", flush=True)
-
-    return say
-
-
 def _run(config: dict[str, Any], exp: ExperimentConfig, method_name: str, seed: int, context: RunContext,
          session: Session, trial_dir: Path) -> dict[str, Any]:
     started = time.time()
-    p = prepare(exp, method_name, seed, config["method_config"], progress=_line_printer(trial_dir.name))
+    p = prepare(exp, method_name, seed, config["method_config"], progress=line_printer(trial_dir.name))
     method, cfg = p.method, p.cfg
     archs = [Arch.from_str(s) for s in context.archs]
     write_json(trial_dir / "config.json", {

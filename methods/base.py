@@ -78,6 +78,20 @@ class SearchMethod(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+class TrainingFree:
+    """What a training-free method (a baseline, a zero-cost proxy) has of the protocol's training
+    side: no epochs (``Config.epochs == 0``), nothing to checkpoint."""
+
+    def train_epoch(self, train: Iterable[Batch], valid: Iterable[Batch]) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 # --------------------------------------------------------------------------- shared training helpers
 
 

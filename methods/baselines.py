@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import ClassVar, Iterable, Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 
 from common.config import check_budget
-from methods.base import Batch, SearchSetup
+from methods.base import SearchSetup, TrainingFree
 from spaces.nb201 import Arch, count_flops, count_params, random_arch
 
 BASELINES = ("params", "flops", "random")  # what every ranking report shows beside the methods
@@ -34,20 +34,11 @@ class BaselineConfig:
         return cls()
 
 
-class _NoTraining:
+class _NoTraining(TrainingFree):
     Config: ClassVar[type] = BaselineConfig
 
     def __init__(self, cfg: BaselineConfig, setup: SearchSetup):
         self.cfg, self.setup = cfg, setup
-
-    def train_epoch(self, train: Iterable[Batch], valid: Iterable[Batch]) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 class ParamsBaseline(_NoTraining):

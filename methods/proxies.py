@@ -78,7 +78,7 @@ from scipy import stats
 from torch import nn
 
 from common.config import check_budget
-from methods.base import Batch, SearchSetup
+from methods.base import Batch, SearchSetup, TrainingFree
 from spaces.nb201 import EDGES, NUM_NODES, Arch, Network, count_flops
 
 PROXIES: tuple[str, ...] = ("synflow", "snip", "grad_norm", "fisher", "jacob_cov", "nwot", "zico")
@@ -451,7 +451,7 @@ class ProxyConfig:
         return cls()
 
 
-class _ProxyMethod:
+class _ProxyMethod(TrainingFree):
     """Training-free: ``score`` computes ``components`` per arch with shared passes and combines them."""
 
     name: ClassVar[str]
@@ -464,15 +464,6 @@ class _ProxyMethod:
         self._best: Arch | None = None
         self._last_s_per_arch: float | None = None
         self._last_disconnected = 0
-
-    def train_epoch(self, train: Iterable[Batch], valid: Iterable[Batch]) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
     def derive(self) -> Arch:
         return self._best if self._best is not None else Arch(("nor_conv_3x3",) * 6)  # the largest cell

@@ -31,7 +31,7 @@ def test_device_check_tiny_on_cpu_writes_its_json_and_markdown(tmp_path):
     assert "passed" in record["gpu_tests"]["summary"]
     spos = record["spos_paper"]
     assert spos["epochs_run"] >= 1 and spos["scored_archs"] == 20 and -1 <= spos["ranking_after_epochs"]["kendall_tau"] <= 1
-    assert set(record["all_ops"]) == {"nap", "pdarts", "dnal"} and record["sharing"]["sharing_ratio"] > 0
+    assert {"nap", "pdarts", "dnal"} <= set(record["all_ops"]) and record["sharing"]["sharing_ratio"] > 0
     names = {row["name"] for row in record["perf"]["rows"]}
     assert {"spos_step", "fast_scoring", "calib_tau"} <= names and "ray" not in names
     markdown = (out / "device_check.md").read_text()

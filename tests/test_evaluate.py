@@ -158,8 +158,8 @@ def test_retrain_after_search_evaluates_the_picked_archs_into_the_run(tmp_path, 
     run = _fake_run(tmp_path / "run", _benchmark(tmp_path))
     calls = {}
 
-    def in_process(plan, **kwargs):
-        calls.update(kwargs)
+    def in_process(plan, resources, resume=False):
+        calls.update(resources=resources, resume=resume)
         for arch, seed in plan.expected():
             config = {"arch": arch, "seed": seed, "job": plan.job.to_dict(), "recipe": plan.recipe.to_dict()}
             run_evaluation_trial(config, plan.context, LocalSession())

@@ -247,3 +247,15 @@ def test_every_training_epoch_reports_its_batches(clock31):
 def test_search_setup_progress_defaults_to_none():
     setup = SearchSetup(C=8, N=1, num_classes=10, device=CPU, seed=0)
     assert setup.progress is None
+
+
+def test_ticking_passes_items_through_and_says_so_every_interval():
+    from harness.progress import ticking
+
+    times = iter(float(t) for t in range(0, 1000, 10))  # 10 s per item
+    lines: list[str] = []
+    items = list(range(12))
+    out = list(ticking(items, lines.append, "epoch 3", every_s=30.0, clock=lambda: next(times)))
+    assert out == items  # unchanged, in order
+    assert lines == ["epoch 3: 3/12 batches (30 s)", "epoch 3: 6/12 batches (60 s)",
+                     "epoch 3: 9/12 batches (90 s)", "epoch 3: 12/12 batches (120 s)"]
