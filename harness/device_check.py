@@ -242,8 +242,9 @@ def goals(record: dict[str, Any]) -> list[dict[str, Any]]:
     for key, (what, target, sense) in GOALS.items():
         value = found.get(key)
         held = None if value is None else (value <= target if sense == "<=" else value >= target)
+        verdict = "-" if held is None else ("yes" if held else "no")
         out.append({"goal": what, "target": f"{sense} {target}", "value": value,
-                    "holds": "-" if held is None else ("yes" if held else "no")})
+                    "holds": "n/a (tiny sizes)" if record.get("tiny") else verdict})
     return out
 
 

@@ -329,6 +329,9 @@ def one_shot_eval(
         model.train(was_training)
 
 
+CPU_VALID_BATCH = 64
+
+
 def one_shot_scores(
     supernet: SuperNet,
     archs: Sequence[Arch],
@@ -353,7 +356,12 @@ def one_shot_scores(
     if supernet.memory_format == "auto" and valid[0][0].device.type == "cpu":
         # The supernet would convert every batch to NHWC for every arch: convert them once.
         calib = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in calib]
-        valid = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in valid]
+        # Validation runs in eval mode, image by image independent: on the CPU, batches of 64
+        # stay in cache and run ~1.5x faster than 256 (measured on 2 cores, C=16). Calibration
+        # keeps its batches: BN's batch statistics depend on them.
+        xs, ys = torch.cat([x for x, _ in valid]), torch.cat([y for _, y in valid])
+        valid = [(xs[i:i + CPU_VALID_BATCH].contiguous(memory_format=torch.channels_last), ys[i:i + CPU_VALID_BATCH])
+                 for i in range(0, len(ys), CPU_VALID_BATCH)]
     out = np.empty(len(archs), dtype=np.float64)
     ticker = as_ticker(progress, "one-shot scoring", len(archs), "archs")
     with preserved_bn_statistics(supernet):
