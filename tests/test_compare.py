@@ -29,12 +29,9 @@ def cache(tmp_path_factory) -> Path:
 @pytest.mark.smoke
 def test_smoke_compare_on_synthetic_data(tmp_path, cache):
     out = tmp_path / "run"
-    t0 = time.time()
     proc = compare("--methods", "spos,params,random", "--seeds", "0,1", "--budget", "smoke",
                    "--dataset", "synthetic", "--output", str(out), cache=cache)
-    elapsed = time.time() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert elapsed < 120, f"smoke compare took {elapsed:.0f}s"
     summary = pd.read_csv(out / "summary.csv")
     # the built-in ground truth ranks every trial, and the three baselines join whatever was asked
     assert len(summary) == 8 and set(summary["status"]) == {"ok"}

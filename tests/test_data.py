@@ -121,11 +121,8 @@ def test_real_archive_labels_follow_folders(cifar10_real, cifar10_tgz):
 @pytest.mark.realdata
 def test_real_archive_second_load_hits_cache(cifar10_real, cifar10_tgz):
     dataset, seconds, cache = cifar10_real
-    start = time.perf_counter()
     again = load_dataset("cifar10", cifar10_tgz, cache_dir=cache)
-    elapsed = time.perf_counter() - start
-    assert again.from_cache
-    assert elapsed < max(1.0, seconds / 4)
+    assert again.from_cache  # the observable cache hit (no timing: wall clocks are not asserted)
     assert torch.equal(again.train.images, dataset.train.images)
     assert torch.equal(again.test.labels, dataset.test.labels)
     assert again.mean == dataset.mean and again.source == dataset.source

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -190,12 +189,9 @@ def evaluate(*args: str, cache: Path, timeout: float = 120) -> subprocess.Comple
 @pytest.mark.smoke
 def test_evaluate_cli_trains_two_archs_through_ray_and_reports_into_the_run(tmp_path):
     run = _fake_run(tmp_path / "run", _benchmark(tmp_path))
-    t0 = time.time()
     proc = evaluate("--from", str(run), "--epochs", "1", "--C", "4", "--N", "1", "--batch-size", "50",
                     cache=tmp_path / "cache")
-    elapsed = time.time() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert elapsed < 60, f"took {elapsed:.0f}s"
     frame = pd.read_csv(run / "evaluation.csv")
     assert list(frame.columns[:10]) == ["arch", "seed", "dataset", "epochs", "test_top1", "test_top5", "params",
                                         "flops", "truth", "wall_s"]
