@@ -28,7 +28,7 @@ def test_device_check_tiny_on_cpu_writes_its_json_and_markdown(tmp_path):
     record = json.loads((out / "device_check.json").read_text())
     for phase in ("gpu_tests", "perf", "spos_paper", "all_ops", "sharing"):
         assert record[phase]["status"] == "ok", (phase, record[phase])
-    assert "passed" in record["gpu_tests"]["summary"]
+    assert "2 passed" in record["gpu_tests"]["summary"]
     spos = record["spos_paper"]
     assert spos["epochs_run"] >= 1 and spos["scored_archs"] == 20 and -1 <= spos["ranking_after_epochs"]["kendall_tau"] <= 1
     assert {"nap", "pdarts", "dnal"} <= set(record["all_ops"]) and record["sharing"]["sharing_ratio"] > 0
