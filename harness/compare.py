@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shlex
 import sys
@@ -29,7 +28,7 @@ from harness import truth as gt_io
 from harness.config import ExperimentConfig, UsageError, parse_eval_archs, parse_seeds
 from harness.files import provenance, read_json, resolve_path
 from harness.report import format_table, write_report
-from harness.runner import Resources, TrialSpec, run_trials
+from harness.runner import Resources, TrialSpec, check_local_resources, run_trials
 from harness.trial import RunContext, ray_trainable, trial_config, trial_name
 
 
@@ -214,18 +213,6 @@ def check_data(exp: ExperimentConfig) -> str:
     except DataError as err:
         raise UsageError(str(err)) from None
     return f"{data.name}: {len(data.train)} train / {len(data.test)} test images ({data.source})"
-
-
-def check_local_resources(resources: Resources) -> None:
-    """Without ``--address`` the cluster is this machine: check it before starting Ray at all."""
-    if resources.address:
-        return  # a cluster's resources are known once connected (harness.runner checks them there)
-    import torch
-
-    from harness.runner import check_resources
-
-    gpus = resources.num_gpus if resources.num_gpus is not None else torch.cuda.device_count()
-    check_resources(resources, {"GPU": float(gpus), "CPU": float(os.cpu_count() or 1)})
 
 
 # --------------------------------------------------------------------------- running it

@@ -36,7 +36,7 @@ from harness.evaluation_plan import PLAN_FILE, EvalPlan, archs_from_run, build_p
 from harness.evaluation_report import format_table, rank_correlation, write_outputs
 from harness.evaluation_trial import eval_trial_name, ray_eval_trainable
 from harness.files import read_json, resolve_path, write_json
-from harness.runner import Resources, TrialSpec, run_trials
+from harness.runner import Resources, TrialSpec, check_local_resources, run_trials
 
 TUNE_DIR = "tune-evaluate"         # Tune's experiment folder (beside a search run's tune/)
 
@@ -280,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if (plan.output / TUNE_DIR).exists():
                 raise UsageError(f"{plan.output} already holds an evaluation; pass --resume to continue it, "
                                  "or another --output")
+        resources = Resources(cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                              address=args.address, num_gpus=args.num_gpus, max_failures=args.max_failures)
+        check_local_resources(resources)
         data_info = check_data(plan)
         plan.output.mkdir(parents=True, exist_ok=True)
         if not args.resume:
@@ -291,9 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{len(plan.archs)} arch(s) x seeds {plan.seeds}")
         for arch in plan.archs:
             print(f"  {eval_trial_name(arch, 0)[:-6]:<22} {arch}  [{plan.context.sources.get(arch, '')}]")
-        errors = run_plan(plan, Resources(cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                                          address=args.address, num_gpus=args.num_gpus,
-                                          max_failures=args.max_failures), resume=args.resume)
+        errors = run_plan(plan, resources, resume=args.resume)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -38,6 +36,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
+from harness.files import device_name
 from harness.perf_bench import Bench, Row
 
 
@@ -110,8 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "ray" not in skip:
         rows.append(ray_overhead(args.quick, args.data_root))
     memory = bench.memory() if "memory" not in skip else {}
-    device = torch.cuda.get_device_name() if args.device == "cuda" else \
-        f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    device = device_name(torch.device(args.device))
 
     print(f"\nharness.perf on {device}{' (quick)' if args.quick else ''}, torch {torch.__version__}")
     print(f"{'ratio':<14}{'value':>8}{'target':>9}  {'verdict':<8}measured")

@@ -51,6 +51,17 @@ def check_resources(resources: Resources, available: Mapping[str, float]) -> Non
                          "lower --cpus-per-trial")
 
 
+def check_local_resources(resources: Resources) -> None:
+    """Without ``--address`` the cluster is this machine: check it before starting Ray at all, so
+    a request it cannot meet fails with one line and nothing started."""
+    if resources.address:
+        return  # a cluster's resources are known once connected (``run_trials`` checks them there)
+    import torch
+
+    gpus = resources.num_gpus if resources.num_gpus is not None else torch.cuda.device_count()
+    check_resources(resources, {"GPU": float(gpus), "CPU": float(os.cpu_count() or 1)})
+
+
 @contextlib.contextmanager
 def ray_running(resources: Resources) -> Iterator[dict[str, float]]:
     """Ray, started here (and shut down after) unless the caller already started it.

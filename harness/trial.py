@@ -18,7 +18,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -79,7 +79,7 @@ class Prepared:
 
 
 def prepare(exp: ExperimentConfig, method_name: str, seed: int, resolved: Mapping[str, Any] | None = None,
-            progress: Any = None) -> Prepared:
+            progress: Callable[[str], None] | None = None) -> Prepared:
     """Data, the fixed scoring batches and the method, exactly as a trial builds them.
 
     ``resolved`` is the method's resolved config (``trial_config(...)["method_config"]``); None
