@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
@@ -333,8 +334,14 @@ def _load_nb201_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"NAS-Bench-201 file {path} not found (e.g. NAS-Bench-201-v1_1-096897.pth)")
     # The official file is a full pickle from before torch's weights_only default (torch>=2.6
-    # would refuse it); it must be a benchmark file you trust.
-    raw = torch.load(path, map_location="cpu", weights_only=False)
+    # would refuse it): loading it runs whatever code the file names, so it must be a file you
+    # trust. Say so every time; converting it once to a table (``convert``) avoids it afterwards.
+    print(f"note: unpickling {path} (weights_only=False: the official NAS-Bench-201 format); load only a file you "
+          "trust, or convert it once: python -m benchmarks.ground_truth convert FILE table.parquet", file=sys.stderr)
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, AttributeError, ModuleNotFoundError) as exc:
+        raise ValueError(f"{path} is not a readable NAS-Bench-201 file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected the NAS-Bench-201 dict, got {type(raw).__name__}")
     return raw
@@ -367,6 +374,9 @@ def from_nats(path: str | os.PathLike[str]) -> GroundTruth:
     if not path.exists():
         raise FileNotFoundError(f"NATS-Bench path {path} not found (a *-simple directory or {NATS_SUFFIX} file)")
     # nats_bench only reads a directory in fast (lazy, per-arch) mode and a single file otherwise.
+    # Its files are pickles: as for the NAS-Bench-201 file, say so.
+    print(f"note: unpickling {path} (the NATS-Bench format); load only files you trust, or convert them once: "
+          "python -m benchmarks.ground_truth convert PATH table.parquet", file=sys.stderr)
     api = nats_bench.create(str(path), "tss", fast_mode=path.is_dir(), verbose=False)
     return _from_benchmark_api(api, str(path))
 

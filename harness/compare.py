@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", default="builtin",
                    help="ground truth: 'builtin' (the NAS-Bench-201 table shipped with the package: CIFAR-10, "
                         "CIFAR-100 and ImageNet16-120 test accuracy of all 15,625 cells), 'none' (no ranking), "
-                        "or a CSV/Parquet table, NAS-Bench-201 .pth file (unpickled: trusted files only) or "
-                        "NATS-Bench dir")
+                        "or a CSV/Parquet table (plain data), a NAS-Bench-201 .pth file or a NATS-Bench dir (both "
+                        "are pickles, unpickled as code: trusted files only; convert them once with "
+                        "`python -m benchmarks.ground_truth convert`)")
     p.add_argument("--metric", default=None, help="ground-truth column (default: the dataset's test accuracy)")
     p.add_argument("--budget", default="cpu", help="smoke | cpu | paper")
     p.add_argument("--epochs", type=int, default=None, help="override every method's search epochs")

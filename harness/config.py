@@ -15,7 +15,11 @@ SPACES = ("nb201",)
 
 
 class UsageError(Exception):
-    """Bad input: reported as one line, exit code 2."""
+    """Bad input: reported as one line, exit code 2 (a message with line breaks is joined with '; ')."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--test-images", type=int, default=None, help="stratified subset of the test/val set")
     data.add_argument("--benchmark", default=None,
                       help="ground truth for the truth column: a table path, 'builtin' (NAS-Bench-201) or 'none' "
-                           "(default: the --from run's, else the built-in table for CIFAR)")
+                           "(default: the --from run's, else the built-in table for CIFAR); a NAS-Bench-201 .pth "
+                           "or NATS-Bench dir is a pickle, unpickled as code: trusted files only")
     data.add_argument("--metric", default=None, help="ground-truth column (default: the dataset's test accuracy)")
     rec = p.add_argument_group("recipe (benchmarks.train)")
     rec.add_argument("--recipe", default=None, help="nb201 (CIFAR) | imagenet (default: by dataset)")

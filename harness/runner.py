@@ -79,10 +79,13 @@ def ray_running(resources: Resources) -> Iterator[dict[str, float]]:
         kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                                   "log_to_driver": True}
         if resources.address:
-            kwargs["address"] = resources.address
-        elif resources.num_gpus is not None:
-            kwargs["num_gpus"] = resources.num_gpus
-        ray.init(**kwargs)
+            from harness.cluster import connect
+
+            connect(resources.address, kwargs)  # one UsageError line when it cannot work
+        else:
+            if resources.num_gpus is not None:
+                kwargs["num_gpus"] = resources.num_gpus
+            ray.init(**kwargs)
         started = True
     try:
         yield dict(ray.cluster_resources())

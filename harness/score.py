@@ -57,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device:
         exp = exp.replace(device=args.device)
     prepared = prepare(exp, config["method"], int(config["seed"]), config["method_config"])
-    state = torch.load(trial / FINAL_STATE, map_location=prepared.setup.device, weights_only=False)
+    # the harness's own file: tensors and plain containers only, never unpickled as code
+    state = torch.load(trial / FINAL_STATE, map_location=prepared.setup.device, weights_only=True)
     prepared.method.load_state_dict(state["method"])
     scores = prepared.method.score(archs)
     pd.DataFrame({"arch": [a.to_str() for a in archs], "score": scores}).to_csv(args.output, index=False)

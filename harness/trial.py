@@ -14,6 +14,7 @@ metrics; its presence means success) or ``error.txt`` (the reason a trial failed
 """
 from __future__ import annotations
 
+import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import torch
 
 from common.config import config_from_dict, config_to_dict
 from harness.config import ExperimentConfig, method_config
+from harness.faults import maybe_faulty
 from harness.files import device_name, json_safe, select_device, write_json
 from harness.loop import LocalSession, RaySession, Session, TrialInterrupted, run_epochs
 from harness.progress import line_printer
@@ -150,7 +152,8 @@ def _run(config: dict[str, Any], exp: ExperimentConfig, method_name: str, seed: 
 
     def epoch(k: int) -> dict[str, Any]:
         t0 = time.time()
-        metrics = dict(method.train_epoch(p.train_batches, p.valid_batches))
+        train = maybe_faulty(p.train_batches, trial_dir, k)  # the fault-tolerance tests' worker kill
+        metrics = dict(method.train_epoch(train, p.valid_batches))
         metrics["epoch_s"] = time.time() - t0
         if k == cfg.epochs or (exp.eval_every and k % exp.eval_every == 0):
             last["scores"] = method.score(archs)
@@ -164,8 +167,11 @@ def _run(config: dict[str, Any], exp: ExperimentConfig, method_name: str, seed: 
     scores = last["scores"] if "scores" in last else method.score(archs)
     torch.save({"method": method.state_dict(), "epoch": cfg.epochs}, trial_dir / FINAL_STATE)
     final = _finish(method, method_name, seed, exp, p.setup.num_classes, context, archs, scores, trial_dir)
+    # when and where it ran: a sweep's trials overlap in time on a cluster (or on logical GPUs)
     final.update({"epoch": cfg.epochs, "epochs": cfg.epochs, "done": True, "wall_s": progress.wall_s(),
-                  "total_s": time.time() - started})
+                  "total_s": time.time() - started, "started_at": started, "finished_at": time.time(),
+                  "device": device_name(p.setup.device), "host": socket.gethostname(), "pid": os.getpid(),
+                  "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")})  # Ray's GPU ids
     write_json(trial_dir / "result.json", json_safe(final))
     session.report(json_safe(final), None)
     return final

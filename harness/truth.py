@@ -54,4 +54,8 @@ def values_for(gt: Any, path: str, archs: Sequence[str], column: str) -> list[fl
     if missing:
         raise UsageError(f"benchmark {path} lacks {len(missing)} of the {len(archs)} archs (e.g. {missing[0]}); "
                          "pass a table covering all 15,625 NB201 cells")
-    return [float(v) for v in gt.values(list(archs), column)]
+    try:
+        values = gt.values(list(archs), column)
+    except ValueError as err:  # NaN for some archs: a partial or damaged table
+        raise UsageError(f"benchmark {path}: {err}; fill those values, or pass --metric with a complete column") from None
+    return [float(v) for v in values]

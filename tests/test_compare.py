@@ -1,12 +1,9 @@
 """`python -m harness.compare` end to end through Ray Tune (tiny budgets), and its bad-input errors."""
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -105,45 +102,6 @@ def test_a_failing_trial_is_reported_while_its_siblings_finish(tmp_path, cache):
     assert "did not succeed" in proc.stdout
 
 
-@pytest.mark.smoke
-def test_resume_continues_an_interrupted_run(tmp_path, cache):
-    """Kill a run after its first checkpoint; --resume finishes it without repeating epochs."""
-    out = tmp_path / "run"
-    env = {**os.environ, "NAS_HARNESS_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
-    args = [sys.executable, "-m", "harness.compare", "--methods", "spos", "--seeds", "0", "--budget", "smoke",
-            "--dataset", "synthetic", "--epochs", "6", "--set", "spos.lr=0.0125", "--benchmark", "none",
-            "--output", str(out)]
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    history = out / "trials" / "spos-seed0" / "history.csv"
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            if history.exists() and len(history.read_text().splitlines()) >= 3:  # header + 2 epochs
-                break
-            if proc.poll() is not None:
-                pytest.fail("run ended before it could be interrupted:\n" + proc.stdout.read()[-3000:])
-            time.sleep(0.2)
-        else:
-            pytest.fail("no checkpoint within 240 s")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        proc.wait()
-    done_before = len(pd.read_csv(history))
-    assert done_before < 6 and not (out / "trials" / "spos-seed0" / "result.json").exists()
-
-    resumed = compare("--output", str(out), "--resume", cache=cache)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    epochs = list(pd.read_csv(history)["epoch"])
-    assert epochs == [1, 2, 3, 4, 5, 6], epochs  # each epoch once: nothing repeated, nothing lost
-    assert pd.read_csv(out / "summary.csv")["status"].tolist() == ["ok"]
-    # the resumed trial ran the configs resolved when the run was planned (stored in run.json),
-    # override included: nothing is re-resolved from the current presets
-    stored = json.loads((out / "run.json").read_text())["method_configs"]["spos"]
-    ran = json.loads((out / "trials" / "spos-seed0" / "config.json").read_text())["method_config"]
-    assert ran == stored and ran["lr"] == 0.0125 and ran["epochs"] == 6
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -189,6 +147,83 @@ def test_a_benchmark_of_another_space_or_missing_archs_exits_2(tmp_path, cache, 
                      "--output", str(tmp_path / path.stem)])
         err = capsys.readouterr().err
         assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def _bad_benchmarks(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Damaged ground-truth files a user might pass, each with the words its error must contain."""
+    from benchmarks.ground_truth import BUILTIN_NB201
+
+    good = pd.read_parquet(BUILTIN_NB201)
+    files: dict[str, tuple[Path, str]] = {}
+    dup = pd.concat([good, good.iloc[:3]])
+    files["duplicate archs"] = (folder / "dup.csv", "3 duplicate arch(s)")
+    dup.to_csv(files["duplicate archs"][0], index=False)
+    nan = good.copy()
+    nan.loc[::2, "cifar10_test_acc"] = float("nan")
+    files["NaN values"] = (folder / "nan.csv", "have no cifar10_test_acc value")
+    nan.to_csv(files["NaN values"][0], index=False)
+    files["missing metric column"] = (folder / "nometric.csv", "no metric for 'cifar10'")
+    good.drop(columns=["cifar10_test_acc"]).to_csv(files["missing metric column"][0], index=False)
+    other = good.copy()
+    other["arch"] = [f"Genotype(normal=[('sep_conv_3x3', {i})])" for i in range(len(good))]
+    files["archs of another space"] = (folder / "other.csv", "malformed arch string")
+    other.to_csv(files["archs of another space"][0], index=False)
+    files["not parquet"] = (folder / "garbage.parquet", "could not read")
+    files["not parquet"][0].write_bytes(b"PAR1 but not really")
+    return files
+
+
+def test_bad_ground_truth_files_exit_2_with_one_line_each(tmp_path, cache, monkeypatch, capsys):
+    from harness.compare import main
+
+    monkeypatch.setenv("NAS_HARNESS_CACHE", str(cache))
+    for case, (path, message) in _bad_benchmarks(tmp_path).items():
+        code = main(["--methods", "params", "--dataset", "synthetic", "--budget", "smoke", "--benchmark", str(path),
+                     "--output", str(tmp_path / f"run-{path.stem}")])
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (case, err)
+
+
+def test_an_unreadable_benchmark_pickle_says_it_unpickles_and_exits_2(tmp_path, cache, monkeypatch, capsys):
+    from harness.compare import main
+
+    monkeypatch.setenv("NAS_HARNESS_CACHE", str(cache))
+    broken = tmp_path / "NAS-Bench-201-broken.pth"
+    broken.write_bytes(b"\x80\x04not a pickle")
+    code = main(["--methods", "params", "--dataset", "synthetic", "--budget", "smoke", "--benchmark", str(broken),
+                 "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert [ln for ln in err.splitlines() if ln.startswith("note: ")][0].startswith(f"note: unpickling {broken}")
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "is not a readable NAS-Bench-201 file" in errors[0], err
+
+
+def test_a_corrupted_dataset_archive_exits_2_with_one_line(tmp_path, cache, monkeypatch, capsys):
+    import io
+    import tarfile
+
+    from harness.compare import main
+
+    monkeypatch.setenv("NAS_HARNESS_CACHE", str(cache))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:  # a real ImageFolder archive, then cut short
+        for i in range(40):
+            data = bytes(range(256)) * 40
+            info = tarfile.TarInfo(f"cifar10/train/cls{i % 2}/img{i}.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    garbage = tmp_path / "garbage.tar.gz"
+    garbage.write_bytes(b"not an archive at all" * 50)
+    for archive in (cut, garbage):
+        code = main(["--methods", "params", "--dataset", "cifar10", "--budget", "smoke", "--data-root", str(archive),
+                     "--no-download", "--benchmark", "none", "--output", str(tmp_path / f"run-{archive.stem}")])
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: cannot read archive {archive}"), err
 
 
 @pytest.mark.smoke

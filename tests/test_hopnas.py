@@ -328,7 +328,7 @@ def test_resume_continues_bit_for_bit():
     torch.save(first.state_dict(), buf)
     buf.seek(0)
     resumed = make(res=8, seed=99, drop_rate=0.3)  # a different init: everything must come from the state
-    resumed.load_state_dict(torch.load(buf, weights_only=False))
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
     _run(resumed, range(2, 3))
 
     assert np.array_equal(full.score(archs), resumed.score(archs))

@@ -242,7 +242,7 @@ def test_resume_continues_bit_for_bit():
     torch.save(first.state_dict(), buf)
     buf.seek(0)
     resumed = make(seed=42)
-    resumed.load_state_dict(torch.load(buf, weights_only=False))
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
     _run(resumed, range(2, 4))
     assert np.array_equal(full.score(archs), resumed.score(archs))
     assert torch.equal(full.strength.detach(), resumed.strength.detach())
