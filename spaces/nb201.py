@@ -19,11 +19,13 @@ import itertools
 import random
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterator, NamedTuple, Sequence, Union, cast
+from typing import Callable, Iterator, Sequence, Union, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from spaces.plan import CellPlan, Coef, EdgePlan, Term, sum_terms as _sum_node  # noqa: F401 (re-exported)
 
 OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 NONE, SKIP, CONV1, CONV3, POOL = range(len(OPS))
@@ -334,17 +336,6 @@ class _Macro(nn.Module):
         return self.classifier(x)
 
 
-def _sum_node(terms: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    # A node whose every input is `none` is an all-zero tensor, exactly as the benchmark
-    # computes it (its Zero op multiplies by 0); ops downstream still run on it.
-    if not terms:
-        return torch.zeros_like(like)
-    out = terms[0]
-    for t in terms[1:]:
-        out = out + t
-    return out
-
-
 class InferCell(nn.Module):
     """A fixed-arch cell: only the arch's ops exist (so parameters count what the arch has)."""
 
@@ -381,25 +372,6 @@ class Network(_Macro):
 
 # --------------------------------------------------------------------------- the supernet and its plans
 
-Coef = Union[None, float, torch.Tensor]
-
-
-class Term(NamedTuple):
-    """One active candidate of an edge: ``coef * transform(op(x))``.
-
-    ``coef`` is ``None`` (weight 1, the single-path case), a float, or a tensor broadcastable
-    to the op output ``(B, C, H, W)``: a 0-d learnable scalar, ``(1, C, 1, 1)`` per channel,
-    ``(B, 1, 1, 1)`` per sample. A literal ``0`` / ``0.0`` coefficient skips the op entirely.
-    ``transform`` (e.g. dropout after a skip) is applied to the op output before the coef.
-    """
-
-    op: int
-    coef: Coef = None
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-
-EdgePlan = Sequence[Term]          # an empty plan = the edge outputs zero (none)
-CellPlan = Sequence[EdgePlan]      # one per edge, len 6
 Plan = Union[CellPlan, Sequence[CellPlan]]  # one CellPlan shared by all cells, or one per cell
 
 
