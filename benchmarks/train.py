@@ -39,6 +39,11 @@ from spaces.nb201 import Arch, Network
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
+NETWORKS = ("nb201", "darts-cifar", "darts-imagenet")   # what a recipe builds from an arch / genotype
+SCHEDULES = ("cosine", "cosine_epoch", "linear")
+# cosine: warm-up then cosine to lr_min, stepped per iteration (NB201);
+# cosine_epoch: cosine to lr_min stepped once per epoch (DARTS's CosineAnnealingLR(epochs));
+# linear: P-DARTS's ImageNet schedule, per epoch (``learning_rate`` below).
 AUGMENTS = ("crop_flip", "resized_crop_flip")   # CIFAR pad-4 crop + flip | RandomResizedCrop + flip
 STEMS = ("cifar", "imagenet")                   # 3x3 conv at full resolution | stride-4 stem for 224 px
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -85,11 +90,18 @@ class Recipe:
     workers: int = 0                    # DataLoader workers (streamed datasets only)
     amp: bool = True                    # bf16 autocast — on CUDA only
     channels_last: bool = True          # channels_last memory format — on CUDA only
+    network: str = "nb201"              # nb201 cells | DARTS NetworkCIFAR | DARTS NetworkImageNet
+    layers: int = 20                    # DARTS cells in all (darts-* networks only; NB201 uses N)
+    auxiliary_weight: float = 0.0       # DARTS auxiliary head: loss = CE + w * CE(aux); 0 = no head
+    drop_path: float = 0.0              # DARTS max drop-path prob, raised linearly: p * (epoch-1) / epochs
+    cutout: int = 0                     # Cutout square side in px (in-memory CIFAR data only); 0 = off
+    schedule: str = "cosine"            # one of SCHEDULES
 
     def __post_init__(self) -> None:
         if self.name not in RECIPE_DATASETS:
             raise RecipeError(f"unknown recipe {self.name!r}; recipes: {', '.join(RECIPE_DATASETS)}")
-        positive = ("epochs", "batch_size", "C", "N", "image_size", "resize", "eval_batch_size", "eval_every")
+        positive = ("epochs", "batch_size", "C", "N", "image_size", "resize", "eval_batch_size", "eval_every",
+                    "layers")
         for field_name in positive:
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -111,6 +123,22 @@ class Recipe:
             raise RecipeError(f"recipe augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
         if self.stem not in STEMS:
             raise RecipeError(f"recipe stem must be one of {', '.join(STEMS)}, got {self.stem!r}")
+        if self.network not in NETWORKS:
+            raise RecipeError(f"recipe network must be one of {', '.join(NETWORKS)}, got {self.network!r}")
+        if self.schedule not in SCHEDULES:
+            raise RecipeError(f"recipe schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not (0 <= self.auxiliary_weight and math.isfinite(self.auxiliary_weight)):
+            raise RecipeError(f"recipe auxiliary_weight must be a number >= 0, got {self.auxiliary_weight!r}")
+        if not 0 <= self.drop_path < 1:
+            raise RecipeError(f"recipe drop_path must be in [0, 1), got {self.drop_path!r}")
+        if isinstance(self.cutout, bool) or not isinstance(self.cutout, int) or self.cutout < 0:
+            raise RecipeError(f"recipe cutout must be an integer >= 0 (0 = off), got {self.cutout!r}")
+        if self.network == "nb201" and (self.auxiliary_weight or self.drop_path):
+            raise RecipeError("recipe auxiliary_weight and drop_path need a DARTS network (recipe darts-cifar or "
+                              "darts-imagenet); NB201 networks have no auxiliary head or drop-path")
+        if self.cutout and self.augment != "crop_flip":
+            raise RecipeError("recipe cutout works on in-memory CIFAR-sized data (augment crop_flip) only; "
+                              "set cutout=0")
         if self.resize < self.image_size:
             raise RecipeError(f"recipe resize ({self.resize}) must be >= image_size ({self.image_size}): "
                               "validation images are resized, then center-cropped to image_size")
@@ -139,6 +167,8 @@ class Recipe:
 RECIPE_DATASETS: dict[str, tuple[str, ...]] = {
     "nb201": ("cifar10", "cifar100", "synthetic"),
     "imagenet": ("imagenet",),
+    "darts-cifar": ("cifar10", "cifar100", "synthetic"),
+    "darts-imagenet": ("imagenet",),
 }
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -149,8 +179,31 @@ _PRESETS: dict[str, dict[str, Any]] = {
                      nesterov=False, weight_decay=3e-5, decay_norm_and_bias=False, label_smoothing=0.1,
                      grad_clip=5.0, augment="resized_crop_flip", image_size=224, resize=256,
                      stem="imagenet", eval_batch_size=256, workers=8),
+    # DARTS / P-DARTS CIFAR-10 evaluation, as quark0/darts cnn/train.py and chenxin061/pdarts
+    # train_cifar.py: 600 epochs, batch 96, SGD lr 0.025 (momentum 0.9, no Nesterov) with
+    # CosineAnnealingLR(epochs) stepped once per epoch to 0, weight decay 3e-4 on every parameter,
+    # Cutout 16, drop-path 0.3 raised linearly, auxiliary head weight 0.4, grad-norm clip 5,
+    # C=36, 20 cells.
+    "darts-cifar": dict(name="darts-cifar", network="darts-cifar", epochs=600, batch_size=96, lr=0.025,
+                        nesterov=False, weight_decay=3e-4, grad_clip=5.0, C=36, layers=20, auxiliary_weight=0.4,
+                        drop_path=0.3, cutout=16, schedule="cosine_epoch"),
+    # DARTS-family mobile ImageNet (14 cells, C=48) with P-DARTS's published schedule
+    # (chenxin061/pdarts train_imagenet.py, its default `--lr_scheduler linear`): 250 epochs,
+    # batch 1024 with lr 0.5 (the paper's 8-GPU setting; the script's defaults are 256 / 0.1),
+    # a 5-epoch warm-up (lr * (epoch+1)/5, applied there when batch > 256), then linear decay
+    # per epoch (``learning_rate``), SGD momentum 0.9, weight decay 3e-5 on every parameter,
+    # label smoothing 0.1, auxiliary weight 0.4, grad-norm clip 5, no drop-path. (DARTS's own
+    # quark0/darts cnn/train_imagenet.py: batch 128, lr 0.1, StepLR x0.97 per epoch — not used.)
+    # Not reproduced: P-DARTS's ColorJitter(0.4, 0.4, 0.4, 0.2) on the training images.
+    "darts-imagenet": dict(name="darts-imagenet", network="darts-imagenet", epochs=250, batch_size=1024, lr=0.5,
+                           warmup_epochs=5.0, nesterov=False, weight_decay=3e-5, label_smoothing=0.1,
+                           grad_clip=5.0, C=48, layers=14, auxiliary_weight=0.4, schedule="linear",
+                           augment="resized_crop_flip", image_size=224, resize=256, stem="imagenet",
+                           eval_batch_size=256, workers=8),
 }
-RECIPES = tuple(_PRESETS)
+ALL_RECIPES = tuple(_PRESETS)
+RECIPES = tuple(n for n in ALL_RECIPES if _PRESETS[n].get("network", "nb201") == "nb201")   # NB201-space recipes
+DARTS_RECIPES = tuple(n for n in ALL_RECIPES if n not in RECIPES)                          # DARTS-space recipes
 
 
 def recipe(name: str, **overrides: Any) -> Recipe:
@@ -160,7 +213,7 @@ def recipe(name: str, **overrides: Any) -> Recipe:
     schedule (ImageNet: 5 of 250 epochs = 2 %), so a 3-epoch check still warms up briefly.
     """
     if name not in _PRESETS:
-        raise RecipeError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")
+        raise RecipeError(f"unknown recipe {name!r}; recipes: {', '.join(ALL_RECIPES)}")
     base = Recipe(**_PRESETS[name])
     changes = {k: v for k, v in overrides.items() if v is not None}
     if "epochs" in changes and "warmup_epochs" not in changes and base.warmup_epochs:
@@ -224,8 +277,27 @@ def build_nb201(arch: Arch, r: Recipe, num_classes: int) -> Network:
     return net
 
 
+def build_darts(genotype: Any, r: Recipe, num_classes: int) -> nn.Module:
+    """The DARTS network of ``genotype`` (a ``spaces.darts.Genotype`` or its text) at the recipe's
+    C and layers; the auxiliary head is built when ``r.auxiliary_weight > 0``."""
+    from spaces import darts
+
+    if isinstance(genotype, str):
+        genotype = darts.Genotype.from_str(genotype)
+    aux = r.auxiliary_weight > 0
+    if r.network == "darts-cifar":
+        return darts.NetworkCIFAR(genotype, C=r.C, layers=r.layers, num_classes=num_classes, auxiliary=aux,
+                                  drop_path_prob=0.0)
+    if r.network == "darts-imagenet":
+        return darts.NetworkImageNet(genotype, C=r.C, layers=r.layers, num_classes=num_classes, auxiliary=aux,
+                                     drop_path_prob=0.0)
+    raise RecipeError(f"recipe {r.name!r} builds {r.network!r} networks, not DARTS ones; "
+                      "use --recipe darts-cifar or darts-imagenet")
+
+
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters of the network as deployed: a DARTS auxiliary head (training only) is excluded."""
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("auxiliary_head."))
 
 
 @torch.no_grad()
@@ -270,18 +342,42 @@ def count_macs(model: nn.Module, image_size: int, device: torch.device | str | N
 
 
 def learning_rate(r: Recipe, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """The lr at ``step`` (0-based) of ``epoch`` (1-based): linear warm-up, then cosine to lr_min.
+    """The lr at ``step`` (0-based) of ``epoch`` (1-based), by ``r.schedule``.
 
-    Stepped per iteration as NB201's own scheduler does; a pure function, so resuming at an
-    epoch boundary needs no scheduler state.
+    ``cosine``: linear warm-up, then cosine to lr_min, stepped per iteration as NB201's own
+    scheduler does. ``cosine_epoch``: DARTS's CosineAnnealingLR(epochs), constant within an epoch
+    (epoch e uses lr_min + (lr - lr_min)(1 + cos(pi (e-1) / epochs)) / 2). ``linear``: P-DARTS's
+    ImageNet ``adjust_lr`` (chenxin061/pdarts train_imagenet.py), per epoch, 0-based e, E epochs,
+    tail T = min(5, E-1): lr (E-T-e)/(E-T) while E-e > T, then lr (e-E+T+1)/((E-T) T) for the last
+    T epochs, times the warm-up factor min(1, (e+1)/warmup_epochs) while e < warmup_epochs.
+    Pure functions, so resuming at an epoch boundary needs no scheduler state.
     """
     steps_per_epoch = max(int(steps_per_epoch), 1)
+    if r.schedule == "cosine_epoch":
+        progress = (epoch - 1) / r.epochs
+        return r.lr_min + 0.5 * (r.lr - r.lr_min) * (1.0 + math.cos(math.pi * progress))
+    if r.schedule == "linear":
+        e, total = epoch - 1, r.epochs
+        tail = min(5, total - 1)
+        if total - e > tail:
+            lr = r.lr * (total - tail - e) / (total - tail)
+        else:
+            lr = r.lr * (e - total + tail + 1) / ((total - tail) * tail)
+        if e < r.warmup_epochs:
+            lr *= min(1.0, (e + 1) / r.warmup_epochs)
+        return lr
     t = (epoch - 1) + step / steps_per_epoch          # epochs completed before this step
     if t < r.warmup_epochs:
         return r.lr * (t + 1.0 / steps_per_epoch) / r.warmup_epochs
     span = r.epochs - r.warmup_epochs
     progress = min(max((t - r.warmup_epochs) / span, 0.0), 1.0)
     return r.lr_min + 0.5 * (r.lr - r.lr_min) * (1.0 + math.cos(math.pi * progress))
+
+
+def drop_path_prob(r: Recipe, epoch: int) -> float:
+    """DARTS's drop-path schedule: ``drop_path * (epoch - 1) / epochs`` for 1-based ``epoch``
+    (0 in the first epoch, rising linearly towards ``drop_path``)."""
+    return r.drop_path * (epoch - 1) / r.epochs
 
 
 def _param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict[str, Any]]:
@@ -339,8 +435,16 @@ class Trainer:
         return x.to(self.device), y.to(self.device)
 
     def train_epoch(self, epoch: int, batches: Iterable[Batch]) -> dict[str, float]:
-        """One epoch (``epoch`` is 1-based): train loss/accuracy, the last lr, images, seconds."""
+        """One epoch (``epoch`` is 1-based): train loss/accuracy, the last lr, images, seconds.
+
+        A model with ``forward_aux`` (DARTS) and a recipe with ``auxiliary_weight > 0`` trains on
+        CE(logits) + w * CE(aux_logits); a model with a ``drop_path_prob`` attribute gets
+        ``drop_path * (epoch - 1) / epochs`` before the epoch (DARTS's linear schedule).
+        """
         r, model = self.recipe, self.model
+        use_aux = r.auxiliary_weight > 0 and hasattr(model, "forward_aux")
+        if hasattr(model, "drop_path_prob"):
+            setattr(model, "drop_path_prob", drop_path_prob(r, epoch))
         model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -353,8 +457,14 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             with autocast(self.device, self.amp):
-                logits = model(x)
-                loss = self.criterion(logits.float(), y)
+                if use_aux:
+                    logits, aux_logits = getattr(model, "forward_aux")(x)
+                    loss = self.criterion(logits.float(), y)
+                    if aux_logits is not None:
+                        loss = loss + r.auxiliary_weight * self.criterion(aux_logits.float(), y)
+                else:
+                    logits = model(x)
+                    loss = self.criterion(logits.float(), y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss ({loss.item()}) at epoch {epoch} step {step}: "
                                          "lower the learning rate (--lr) or check the data; the trial stops here")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness import truth as gt_io
-from harness.config import ExperimentConfig, UsageError, parse_eval_archs, parse_seeds
+from harness.config import SPACES, ExperimentConfig, UsageError, parse_eval_archs, parse_seeds
 from harness.files import provenance, read_json, resolve_path
 from harness.report import format_table, write_report
 from harness.runner import Resources, TrialSpec, check_local_resources, run_trials
@@ -35,7 +35,7 @@ from harness.trial import RunContext, ray_trainable, trial_config, trial_name
 # --------------------------------------------------------------------------- arguments
 
 
-def parse_overrides(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+def parse_overrides(items: Sequence[str], methods: Sequence[str], space: str = "nb201") -> dict[str, dict[str, Any]]:
     """``--set spos.lr=0.1`` -> {"spos": {"lr": 0.1}}, typed like the config field."""
     from common.config import coerce_field
     from methods.registry import get_method
@@ -49,7 +49,7 @@ def parse_overrides(items: Sequence[str], methods: Sequence[str]) -> dict[str, d
         if method not in methods:
             raise UsageError(f"--set {item!r} names method {method!r}, which is not in --methods {','.join(methods)}")
         try:
-            out.setdefault(method, {})[field_name] = coerce_field(get_method(method).Config, field_name, value)
+            out.setdefault(method, {})[field_name] = coerce_field(get_method(method, space).Config, field_name, value)
         except ValueError as err:
             raise UsageError(f"--set {item!r}: {err}") from None
     return out
@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--methods", default="hopnas,nap", help="comma list of methods (see --list-methods)")
     p.add_argument("--seeds", default="0", help="e.g. 0,1,2 or 0-9")
-    p.add_argument("--space", default="nb201", help="search space")
+    p.add_argument("--space", default="nb201",
+                   help="search space: nb201 (NAS-Bench-201, ranked against its ground truth) or darts (the DARTS "
+                        "space: each method derives a genotype; no ground truth)")
     p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | synthetic")
     p.add_argument("--data-root", default=None,
                    help="torchvision CIFAR folder, or an ImageFolder dir / .tar.gz with train/ and test/")
@@ -119,7 +121,7 @@ class Plan:
                  "method_config": self.method_configs[m]} for m in self.methods for s in self.seeds]
 
 
-def _methods(text: str) -> list[str]:
+def _methods(text: str, space: str = "nb201") -> list[str]:
     from methods.registry import get_method
 
     methods = [m.strip() for m in text.split(",") if m.strip()]
@@ -127,7 +129,7 @@ def _methods(text: str) -> list[str]:
         raise UsageError("--methods is empty; e.g. --methods spos,params")
     for m in methods:
         try:
-            get_method(m)
+            get_method(m, space)
         except KeyError as err:
             raise UsageError(f"{err.args[0]}; pass them with --methods") from None
     if len(set(methods)) != len(methods):
@@ -139,12 +141,14 @@ def make_plan(args: argparse.Namespace) -> Plan:
     from harness.data import DATASETS
     from methods.registry import get_method
 
-    methods = _methods(args.methods)
+    if args.space not in SPACES:
+        raise UsageError(f"unknown space {args.space!r}; spaces: {', '.join(SPACES)}")
+    methods = _methods(args.methods, args.space)
     seeds = parse_seeds(args.seeds)
     if args.dataset not in DATASETS:
         raise UsageError(f"unknown dataset {args.dataset!r}; datasets: {', '.join(DATASETS)}")
     if args.N is not None:
-        fixed = [m for m in methods if not getattr(get_method(m), "uses_setup_N", True)]
+        fixed = [m for m in methods if args.space != "nb201" or not getattr(get_method(m), "uses_setup_N", True)]
         if fixed:
             raise UsageError(f"--N does not apply to {', '.join(fixed)}, whose depth is its own config field "
                              "(e.g. --set pdarts.stage_cells=1,3,5); drop --N or that method")
@@ -152,14 +156,17 @@ def make_plan(args: argparse.Namespace) -> Plan:
         exp = ExperimentConfig.preset(
             args.budget, space=args.space, dataset=args.dataset, data_root=resolve_path(args.data_root),
             download=not args.no_download, cache_dir=resolve_path(args.cache_dir),
-            benchmark=gt_io.benchmark_path(args.benchmark, args.space), metric=args.metric, epochs=args.epochs,
+            benchmark=gt_io.benchmark_path(_benchmark_arg(args), args.space), metric=args.metric, epochs=args.epochs,
             eval_archs=args.eval_archs, arch_seed=args.arch_seed, eval_every=args.eval_every,
             C=args.C, N=args.N, device=args.device,
             **({"train_per_class": args.train_per_class} if args.train_per_class else {}),
         )
     except ValueError as err:
         raise UsageError(str(err)) from None
-    overrides = parse_overrides(args.set, methods)
+    if args.space == "darts" and exp.benchmark is not None:
+        raise UsageError("the DARTS space has no tabular ground truth: drop --benchmark (a run reports each method's "
+                         "genotype, its size and search cost; train them with --retrain-top or harness.evaluate)")
+    overrides = parse_overrides(args.set, methods, args.space)
     output = Path(args.output or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}").expanduser().resolve()
     context = build_context(exp, output)
     if context.truth is not None:  # the reference points every ranking report shows (milliseconds each)
@@ -175,9 +182,20 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return Plan(methods, seeds, exp, resolved, output, context, exp.benchmark)
 
 
+def _benchmark_arg(args: argparse.Namespace) -> str | None:
+    """``--benchmark`` as given; in the DARTS space the default ``builtin`` means none."""
+    if args.space == "darts" and args.benchmark in (None, "builtin"):
+        return "none"
+    return args.benchmark
+
+
 def build_context(exp: ExperimentConfig, output: Path) -> RunContext:
     """The evaluation archs and their ground truth: identical for every trial of the run."""
     from spaces.nb201 import all_archs, unique_archs
+
+    if exp.space == "darts":  # no tabular ground truth: nothing to rank, each method derives a genotype
+        return RunContext(archs=[], unique_mask=[], arch_set="none (the DARTS space has no tabular ground truth)",
+                          output=str(output), provenance=provenance())
 
     spec = parse_eval_archs(exp.eval_archs)
     if spec == "all":
@@ -277,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list_methods:
         from methods.registry import available_methods, describe
 
-        print("\n".join(f"{name:<12} {describe(name)}" for name in available_methods()))
+        space = args.space if args.space in ("nb201", "darts") else "nb201"
+        print("\n".join(f"{name:<12} {describe(name, space)}" for name in available_methods(space)))
         return 0
     try:
         if args.resume:
@@ -310,7 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"data: {data_info}")
     print(f"methods: {', '.join(plan.methods)} | seeds: {plan.seeds} | budget: {plan.experiment.budget} | "
           f"archs: {plan.context.arch_set}")
-    if plan.context.truth is None:
+    if plan.experiment.space == "darts":
+        print("DARTS space: no tabular ground truth; each trial derives a genotype, reported with its parameters and "
+              "multiply-adds at the evaluation size (train them with --retrain-top or harness.evaluate)")
+    elif plan.context.truth is None:
         print("--benchmark none: no ground truth, so no ranking metrics; the run searches and reports derived archs")
     else:
         print(f"ground truth: {plan.benchmark} ({plan.context.metric})")
@@ -322,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     expected = [(m, s) for m in plan.methods for s in plan.seeds]
     summary = write_report(plan.output, expected, errors)
     print()
-    print(format_table(summary))
+    print(format_table(summary, plan.experiment.space))
     print(f"\nwrote {plan.output / 'summary.csv'}, {plan.output / 'report.md'}")
     failed = summary[summary["status"] != "ok"]
     if len(failed):

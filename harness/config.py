@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from common.config import BUDGETS, config_from_dict, config_to_dict, replace_fields
 
-SPACES = ("nb201",)
+SPACES = ("nb201", "darts")
 
 
 class UsageError(Exception):

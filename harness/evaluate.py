@@ -4,6 +4,7 @@
     python -m harness.evaluate --from runs/study --top-k 3 --epochs 50 --seeds 0-2
     python -m harness.evaluate --dataset imagenet --data-root /data/imagenet --arch '...' --gpus-per-trial 1
     python -m harness.evaluate --output runs/eval --resume
+    python -m harness.evaluate --space darts --genotype 'Genotype(normal=[...], ...)' --recipe darts-cifar
 
 Why trials: a from-scratch run is hours per arch on a GPU, so each arch x seed is one Tune
 trial that checkpoints every epoch (``--resume`` continues from the last one) and is scheduled
@@ -32,7 +33,8 @@ import pandas as pd
 
 from harness import truth as gt_io
 from harness.config import UsageError, parse_seeds
-from harness.evaluation_plan import PLAN_FILE, EvalPlan, archs_from_run, build_plan, check_data
+from harness.evaluation_plan import (PLAN_FILE, SPACES, EvalPlan, archs_from_run, build_plan, canonical_genotype,
+                                     check_data, run_space)
 from harness.evaluation_report import format_table, rank_correlation, write_outputs
 from harness.evaluation_trial import eval_trial_name, ray_eval_trainable
 from harness.files import read_json, resolve_path, write_json
@@ -112,12 +114,13 @@ def retrain_after_search(run_dir: str | Path, top_k: int = 0, epochs: int | None
         overrides = dict(recipe_overrides or {})
         if epochs is not None:
             overrides["epochs"] = epochs
-        plan = build_plan(
+        space = run_space(run_dir)
+        plan = build_plan(space=space,
             archs=archs_from_run(run_dir, top_k), seeds=list(seeds), dataset=exp.get("dataset", "cifar10"),
             recipe_name=recipe_name, recipe_overrides=overrides, output=run_dir,
             job_fields=_job_fields_from_run(exp, train_images=train_images, test_images=test_images,
                                             device=device, cpus_per_trial=resources.cpus_per_trial),
-            benchmark=run.get("benchmark"), metric=None, from_run=run_dir,
+            benchmark=run.get("benchmark") if space == "nb201" else None, metric=None, from_run=run_dir,
             command=f"harness.compare --retrain-top {top_k}" + (f" --retrain-epochs {epochs}" if epochs else ""))
         check_data(plan)
         write_json(run_dir / PLAN_FILE, plan.to_dict())
@@ -148,9 +151,16 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m harness.evaluate",
-                description="Train NB201 architectures from scratch: one Ray Tune trial per arch x seed, "
+                description="Train NB201 cells or DARTS genotypes from scratch: one Ray Tune trial per arch x seed, "
                             "checkpointed every epoch; writes evaluation.csv and evaluation.md.")
     src = p.add_argument_group("what to train")
+    src.add_argument("--space", default=None, choices=SPACES,
+                     help="search space of the archs: nb201 (default) | darts (default: the --from run's)")
+    src.add_argument("--genotype", action="append", default=[], metavar="TEXT",
+                     help="--space darts: a genotype, e.g. \"Genotype(normal=[('sep_conv_3x3', 0), ...], "
+                          "normal_concat=range(2, 6), reduce=[...], reduce_concat=range(2, 6))\" (repeatable)")
+    src.add_argument("--genotypes", default=None, metavar="FILE",
+                     help="--space darts: a file with one genotype per line (blank lines and # comments skipped)")
     src.add_argument("--arch", action="extend", nargs="+", default=[], metavar="ARCH",
                      help="NB201 arch string(s), e.g. '|nor_conv_3x3~0|+|...|' (repeatable)")
     src.add_argument("--from", dest="from_run", default=None, metavar="RUN_DIR",
@@ -171,10 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "or NATS-Bench dir is a pickle, unpickled as code: trusted files only")
     data.add_argument("--metric", default=None, help="ground-truth column (default: the dataset's test accuracy)")
     rec = p.add_argument_group("recipe (benchmarks.train)")
-    rec.add_argument("--recipe", default=None, help="nb201 (CIFAR) | imagenet (default: by dataset)")
+    rec.add_argument("--recipe", default=None, help="nb201 (CIFAR) | imagenet | darts-cifar | darts-imagenet "
+                                                    "(default: by space and dataset)")
     rec.add_argument("--epochs", type=int, default=None, help="training epochs (nb201: 200)")
     rec.add_argument("--C", type=int, default=None, help="network width (nb201: 16)")
     rec.add_argument("--N", type=int, default=None, help="cells per stage (nb201: 5)")
+    rec.add_argument("--layers", type=int, default=None, help="DARTS cells in all (darts-cifar: 20, darts-imagenet: 14)")
     rec.add_argument("--batch-size", type=int, default=None)
     rec.add_argument("--lr", type=float, default=None)
     rec.add_argument("--workers", type=int, default=None, help="DataLoader workers (imagenet)")
@@ -205,7 +217,7 @@ def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
         except RecipeError as err:
             raise UsageError(f"--set {item!r}: {err}") from None
     flags = {"epochs": args.epochs, "C": args.C, "N": args.N, "batch_size": args.batch_size, "lr": args.lr,
-             "workers": args.workers}
+             "workers": args.workers, "layers": args.layers}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     return overrides
 
@@ -213,7 +225,28 @@ def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def make_plan(args: argparse.Namespace, command: str) -> EvalPlan:
     from spaces.nb201 import Arch
 
+    from_run = Path(args.from_run).expanduser().resolve() if args.from_run else None
+    if from_run is not None and not from_run.is_dir():
+        raise UsageError(f"--from {from_run}: no such directory; pass the --output directory of a harness.compare run")
+    space = args.space or (run_space(from_run) if from_run else "nb201")
+    if from_run is not None and run_space(from_run) != space:
+        raise UsageError(f"--from {from_run} is a {run_space(from_run)}-space run, not --space {space}")
     archs: dict[str, str] = {}
+    genotypes = list(args.genotype)
+    if args.genotypes:
+        path = Path(args.genotypes).expanduser()
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as err:
+            raise UsageError(f"--genotypes {path}: {err.strerror or err}") from None
+        genotypes += [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if space == "darts":
+        if args.arch:
+            raise UsageError("--arch takes NB201 cells; in --space darts give --genotype TEXT or --genotypes FILE")
+        for text in genotypes:
+            archs.setdefault(canonical_genotype(text), "--genotype")
+    elif genotypes:
+        raise UsageError("--genotype / --genotypes need --space darts")
     for text in args.arch:
         try:
             arch = Arch.from_str(text).to_str()
@@ -221,13 +254,9 @@ def make_plan(args: argparse.Namespace, command: str) -> EvalPlan:
             raise UsageError(f"--arch {text!r} is not an NB201 cell: {err}") from None
         archs.setdefault(arch, "--arch")
     run: dict[str, Any] = {}
-    from_run = None
     if args.top_k < 0:
         raise UsageError(f"--top-k must be >= 0, got {args.top_k}")
-    if args.from_run:
-        from_run = Path(args.from_run).expanduser().resolve()
-        if not from_run.is_dir():
-            raise UsageError(f"--from {from_run}: no such directory; pass the --output directory of a harness.compare run")
+    if from_run is not None:
         for arch, where in archs_from_run(from_run, args.top_k).items():
             archs[arch] = f"{archs[arch]}; {where}" if arch in archs else where
         run = read_json(from_run / "run.json") or {}
@@ -248,7 +277,9 @@ def make_plan(args: argparse.Namespace, command: str) -> EvalPlan:
                                       device=args.device, cpus_per_trial=args.cpus_per_trial)
     output = Path(args.output).expanduser().resolve() if args.output else (
         from_run or Path(f"runs/evaluate-{time.strftime('%Y%m%d-%H%M%S')}").resolve())
-    if args.benchmark:
+    if space == "darts":  # no ground truth in the DARTS space
+        benchmark = args.benchmark if args.benchmark and args.benchmark != "none" else None  # refused below
+    elif args.benchmark:
         benchmark = gt_io.benchmark_path(args.benchmark)
     elif from_run:
         benchmark = run.get("benchmark")
@@ -257,7 +288,7 @@ def make_plan(args: argparse.Namespace, command: str) -> EvalPlan:
     seeds = parse_seeds(args.seeds)
     return build_plan(archs=archs, seeds=seeds, dataset=dataset, recipe_name=args.recipe,
                       recipe_overrides=_recipe_overrides(args), output=output, job_fields=job_fields,
-                      benchmark=benchmark, metric=args.metric, from_run=from_run, command=command)
+                      benchmark=benchmark, metric=args.metric, from_run=from_run, command=command, space=space)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -291,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         r = plan.recipe
         print(f"output: {plan.output}")
         print(f"data: {data_info}")
-        print(f"recipe: {r.name}, {r.epochs} epochs, C={r.C}, N={r.N}, batch {r.batch_size}, lr {r.lr:g} | "
+        depth = f"N={r.N}" if r.network == "nb201" else f"{r.layers} cells"
+        print(f"recipe: {r.name}, {r.epochs} epochs, C={r.C}, {depth}, batch {r.batch_size}, lr {r.lr:g} | "
               f"{len(plan.archs)} arch(s) x seeds {plan.seeds}")
         for arch in plan.archs:
             print(f"  {eval_trial_name(arch, 0)[:-6]:<22} {arch}  [{plan.context.sources.get(arch, '')}]")

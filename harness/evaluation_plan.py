@@ -14,6 +14,7 @@ from harness.evaluation_trial import DATASETS, EvalContext, EvalJob, check_recip
 from harness.files import provenance, read_json
 
 PLAN_FILE = "evaluate.json"        # what --resume reads back
+SPACES = ("nb201", "darts")
 
 
 @dataclass
@@ -55,13 +56,35 @@ class EvalPlan:
 
 
 
+def run_space(run_dir: str | Path) -> str:
+    """The search space of a harness.compare run (``run.json`` experiment.space; NB201 before it had one)."""
+    run = read_json(Path(run_dir) / "run.json") or {}
+    return str((run.get("experiment") or {}).get("space") or "nb201")
+
+
+def canonical_genotype(text: str) -> str:
+    """The DARTS genotype's printed form (``UsageError`` with the parser's one line when malformed)."""
+    from spaces.darts import Genotype
+
+    try:
+        return str(Genotype.from_str(text.strip()))
+    except ValueError as err:
+        first = (str(err).strip().splitlines() or ["malformed"])[0]
+        raise UsageError(f"{text.strip()[:80]!r} is not a DARTS genotype: {first}") from None
+
+
 def archs_from_run(run_dir: str | Path, top_k: int = 0) -> dict[str, str]:
     """The archs a search run picked: every trial's derived arch, plus with ``top_k > 0`` the
     ``top_k`` best-scored archs of each trial's ``scores.csv``. Deduplicated, in trial order;
-    maps arch -> where it came from (e.g. ``spos-seed0 derived; nap-seed0 top-2``)."""
+    maps arch -> where it came from (e.g. ``spos-seed0 derived; nap-seed0 top-2``).
+
+    A DARTS-space run (``run.json`` experiment.space == "darts") gives each trial's
+    ``derived.json`` "genotype" text instead (``top_k`` does not apply there)."""
     from spaces.nb201 import Arch
 
     run_dir = Path(run_dir)
+    if run_space(run_dir) == "darts":
+        return _genotypes_from_run(run_dir, top_k)
     trials = sorted(p for p in (run_dir / "trials").glob("*") if p.is_dir()) if (run_dir / "trials").is_dir() else []
     if not trials:
         raise UsageError(f"{run_dir} has no trials/ folder with trial directories; pass the --output directory "
@@ -91,23 +114,64 @@ def archs_from_run(run_dir: str | Path, top_k: int = 0) -> dict[str, str]:
     return {arch: "; ".join(where) for arch, where in sources.items()}
 
 
+def _trial_dirs(run_dir: Path) -> list[Path]:
+    trials = sorted(p for p in (run_dir / "trials").glob("*") if p.is_dir()) if (run_dir / "trials").is_dir() else []
+    if not trials:
+        raise UsageError(f"{run_dir} has no trials/ folder with trial directories; pass the --output directory "
+                         "of a harness.compare run")
+    return trials
+
+
+def _genotypes_from_run(run_dir: Path, top_k: int) -> dict[str, str]:
+    if top_k > 0:
+        raise UsageError("--top-k applies to NB201 runs (their scores.csv); a DARTS-space run gives each trial's "
+                         "derived genotype only")
+    sources: dict[str, list[str]] = {}
+    for trial in _trial_dirs(run_dir):
+        derived = read_json(trial / "derived.json")
+        if derived and derived.get("genotype"):
+            try:
+                genotype = canonical_genotype(str(derived["genotype"]))
+            except UsageError as err:
+                raise UsageError(f"{trial.name}/derived.json: {err}") from None
+            sources.setdefault(genotype, []).append(f"{trial.name} derived")
+    if not sources:
+        raise UsageError(f"no finished trial in {run_dir} (no trials/*/derived.json with a genotype); finish the "
+                         "search first (harness.compare --output RUN_DIR --resume)")
+    return {g: "; ".join(where) for g, where in sources.items()}
+
+
 def build_plan(*, archs: Mapping[str, str], seeds: Sequence[int], dataset: str, recipe_name: str | None,
                recipe_overrides: Mapping[str, Any], output: Path, job_fields: Mapping[str, Any],
                benchmark: str | None = None, metric: str | None = None, from_run: Path | None = None,
-               command: str = "") -> EvalPlan:
-    """Validate and resolve everything before any trial starts (bad input -> ``UsageError``)."""
+               command: str = "", space: str = "nb201") -> EvalPlan:
+    """Validate and resolve everything before any trial starts (bad input -> ``UsageError``).
+
+    ``space`` nb201 (archs are NB201 cell strings) or darts (archs are genotype texts, trained
+    with a darts-* recipe; no ground truth)."""
     from benchmarks.train import RecipeError, check_dataset, recipe
 
+    if space not in SPACES:
+        raise UsageError(f"unknown space {space!r}; spaces: {', '.join(SPACES)}")
     if dataset not in DATASETS:
         raise UsageError(f"unknown dataset {dataset!r}; datasets: {', '.join(DATASETS)}")
-    name = recipe_name or ("imagenet" if dataset == "imagenet" else "nb201")
+    if space == "darts":
+        name = recipe_name or ("darts-imagenet" if dataset == "imagenet" else "darts-cifar")
+    else:
+        name = recipe_name or ("imagenet" if dataset == "imagenet" else "nb201")
     try:
         r = recipe(name, **recipe_overrides)
         check_dataset(r, dataset)
     except RecipeError as err:
         raise UsageError(str(err)) from None
+    if (r.network != "nb201") != (space == "darts"):
+        fit = "darts-cifar or darts-imagenet" if space == "darts" else "nb201 or imagenet"
+        raise UsageError(f"recipe {r.name!r} builds {r.network} networks, not {space} ones; use --recipe {fit}")
+    if space == "darts" and benchmark:
+        raise UsageError("the DARTS space has no ground-truth table; drop --benchmark")
     if not archs:
-        raise UsageError("no architecture to evaluate: give --arch ARCH (NB201 strings) or --from RUN_DIR")
+        what = "--genotype TEXT / --genotypes FILE" if space == "darts" else "--arch ARCH (NB201 strings)"
+        raise UsageError(f"no architecture to evaluate: give {what} or --from RUN_DIR")
     if dataset == "imagenet" and not job_fields.get("data_root"):
         raise UsageError("--dataset imagenet needs --data-root ROOT (an ImageFolder tree with train/ and val/)")
     try:

@@ -17,7 +17,7 @@ from harness.evaluation_plan import EvalPlan
 SECTION = "## Evaluation"
 EVAL_COLUMNS = ["arch", "seed", "dataset", "epochs", "test_top1", "test_top5", "params", "flops", "truth",
                 "wall_s", "status", "source", "recipe", "C", "N", "train_images", "test_images", "train_loss",
-                "test_loss", "error"]
+                "test_loss", "error", "space", "layers"]
 
 
 def collect_evaluation(plan: EvalPlan, errors: Mapping[tuple[str, int], str] | None = None) -> pd.DataFrame:
@@ -28,13 +28,16 @@ def collect_evaluation(plan: EvalPlan, errors: Mapping[tuple[str, int], str] | N
         row: dict[str, Any] = {"arch": arch, "seed": seed, "dataset": plan.job.dataset,
                                "source": plan.context.sources.get(arch), "recipe": plan.recipe.name,
                                "C": plan.recipe.C, "N": plan.recipe.N,
+                               "space": "nb201" if getattr(plan.recipe, "network", "nb201") == "nb201" else "darts",
+                               "layers": plan.recipe.layers if getattr(plan.recipe, "network", "nb201") != "nb201"
+                               else None,
                                "truth": (plan.context.truth or {}).get(arch)}
         row.update(trial_outcome(trial_dir, EVAL_COLUMNS, (errors or {}).get((arch, seed))))
         rows.append(row)
     frame = pd.DataFrame(rows)
     for col in EVAL_COLUMNS:
         if col not in frame:
-            frame[col] = np.nan if col not in ("error", "status", "source") else ""
+            frame[col] = np.nan if col not in ("error", "status", "source", "space") else ""
     return frame[EVAL_COLUMNS]
 
 
@@ -57,7 +60,8 @@ def evaluation_markdown(plan: EvalPlan, frame: pd.DataFrame) -> str:
     r, job = plan.recipe, plan.job
     subset = ", ".join(f"{k} {v}" for k, v in (("train images", job.train_images), ("test images", job.test_images)) if v)
     lines = [SECTION, "",
-             f"- from-scratch training, recipe `{r.name}`: {r.epochs} epochs, C={r.C}, N={r.N}, batch {r.batch_size}, "
+             f"- from-scratch training, recipe `{r.name}`: {r.epochs} epochs, C={r.C}, "
+             f"{f'{r.layers} DARTS cells' if r.network != 'nb201' else f'N={r.N}'}, batch {r.batch_size}, "
              f"lr {r.lr:g}, weight decay {r.weight_decay:g}{', label smoothing %g' % r.label_smoothing if r.label_smoothing else ''}",
              f"- dataset: {job.dataset}{' (' + subset + ')' if subset else ' (full splits)'}; seeds: {plan.seeds}",
              f"- ground truth: {plan.context.benchmark or 'none'} ({plan.context.metric or '-'})",
@@ -114,6 +118,8 @@ def write_outputs(plan: EvalPlan, errors: Mapping[tuple[str, int], str] | None =
 def format_table(frame: pd.DataFrame) -> str:
     view = frame[["arch", "seed", "status", "test_top1", "test_top5", "truth", "params", "wall_s", "error"]].copy()
     view["error"] = view["error"].fillna("").astype(str).str.slice(0, 60)
+    view["arch"] = [f"{a[:57]}..." if isinstance(a, str) and a.startswith("Genotype(") and len(a) > 60 else a
+                    for a in view["arch"]]   # a DARTS genotype in full is in evaluation.csv
     return view.to_string(index=False, float_format=lambda v: f"{v:.2f}")
 
 

@@ -8,6 +8,7 @@ these trials; ``ray_eval_trainable`` is what Tune calls.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,13 +82,22 @@ class EvalContext:
 
 def eval_trial_name(arch: str, seed: int) -> str:
     """``nb201-3_3p_s3s-seed0``: one character per edge (x none, s skip, 1/3 conv, p pool), one
-    group per node — readable, unique per arch, safe as a folder name."""
+    group per node — readable, unique per arch, safe as a folder name. A DARTS genotype (text
+    ``Genotype(...)``) is named ``darts-<first 10 hex digits of its SHA-1>-seed0``."""
     from spaces.nb201 import Arch
+
+    if is_genotype(arch):
+        return f"darts-{hashlib.sha1(arch.encode()).hexdigest()[:10]}-seed{int(seed)}"
 
     ops = Arch.from_str(arch).ops
     groups = ["".join(_OP_CODES[o] for o in ops[0:1]), "".join(_OP_CODES[o] for o in ops[1:3]),
               "".join(_OP_CODES[o] for o in ops[3:6])]
     return f"nb201-{'_'.join(groups)}-seed{int(seed)}"
+
+
+def is_genotype(arch: str) -> bool:
+    """A DARTS-space genotype text (the NB201 cells are ``|op~i|+...`` strings)."""
+    return arch.lstrip().startswith("Genotype(")
 
 
 # --------------------------------------------------------------------------- data of one trial
@@ -110,7 +120,8 @@ class _InMemoryData:
             test = stratified_subset(test, job.test_images, job.subset_seed)
         norm = dict(mean=data.mean, std=data.std)
         self.batches = Batches(train, r.batch_size, shuffle=True, augment=True,
-                               drop_last=drop_last_for(len(train), r.batch_size), seed=seed, device=device, **norm)
+                               drop_last=drop_last_for(len(train), r.batch_size), seed=seed, device=device,
+                               cutout=getattr(r, "cutout", 0), **norm)
         self._test = fixed_batches(test, r.eval_batch_size, device=device, **norm)
         self.num_classes = data.num_classes
         self.n_train, self.n_test = len(train), len(test)
@@ -201,12 +212,16 @@ def run_evaluation_trial(config: dict[str, Any], context: EvalContext, session: 
 
 def _evaluate(config: dict[str, Any], arch_str: str, seed: int, context: EvalContext, session: Session,
               trial_dir: Path) -> dict[str, Any]:
-    from benchmarks.train import Recipe, Trainer, build_nb201, count_macs, count_parameters, train_and_test
+    from benchmarks.train import (Recipe, Trainer, build_darts, build_nb201, count_macs, count_parameters,
+                                  train_and_test)
     from spaces.nb201 import Arch
 
     started = time.time()
     job, r = EvalJob.from_dict(config["job"]), Recipe.from_dict(config["recipe"])
-    arch = Arch.from_str(arch_str)
+    darts = r.network != "nb201"
+    if darts != is_genotype(arch_str):
+        raise ValueError(f"recipe {r.name!r} builds {r.network} networks and cannot train {arch_str[:40]!r}")
+    arch = None if darts else Arch.from_str(arch_str)
     device = select_device(job.device)
     if job.threads and device.type == "cpu":
         # One thread per reserved CPU: on a shared machine extra threads oversubscribe the
@@ -214,7 +229,7 @@ def _evaluate(config: dict[str, Any], arch_str: str, seed: int, context: EvalCon
         torch.set_num_threads(job.threads)
     data = _build_data(job, r, seed, device)
     torch.manual_seed(seed)  # the model's initial weights: a function of the seed alone
-    model = build_nb201(arch, r, data.num_classes)
+    model = build_darts(arch_str, r, data.num_classes) if arch is None else build_nb201(arch, r, data.num_classes)
     params, flops = count_parameters(model), count_macs(model, r.image_size, "cpu")
     trainer = Trainer(model, r, device, data.steps_per_epoch)
     truth = (context.truth or {}).get(arch_str)
@@ -238,6 +253,7 @@ def _evaluate(config: dict[str, Any], arch_str: str, seed: int, context: EvalCon
         "train_loss": last.get("train_loss"), "params": params, "flops": flops, "truth": truth,
         "wall_s": progress.wall_s(), "total_s": time.time() - started,
         "source": context.sources.get(arch_str), "recipe": r.name, "C": r.C, "N": r.N,
+        "layers": r.layers if darts else None, "space": "darts" if darts else "nb201",
         "train_images": data.n_train, "test_images": data.n_test, "epoch": r.epochs, "done": True,
     }
     write_json(trial_dir / "result.json", json_safe(final))

@@ -21,8 +21,10 @@ from harness.tables import markdown_table, mean_std
 SUMMARY_COLUMNS = [
     "method", "kind", "seed", "status", "error", "kendall_tau", "spearman", "p_at_top5", "tau_top10",
     "unique_kendall_tau", "n_archs", "n_unique", "derived_arch", "derived_truth", "derived_params",
-    "epochs", "wall_s", "trial_dir",
+    "derived_macs", "epochs", "wall_s", "trial_dir",
 ]
+RANKING_COLUMNS = ("kendall_tau", "spearman", "p_at_top5", "tau_top10", "unique_kendall_tau", "n_archs", "n_unique",
+                   "derived_truth")
 BASELINES = ("params", "flops", "random")  # = methods.baselines.BASELINES (kept import-free: no torch here)
 REFERENCE = "params"  # the baseline every method is held against
 
@@ -183,6 +185,9 @@ def plot(run_dir: Path, summary: pd.DataFrame) -> list[str]:
             h = pd.read_csv(path)
             if "kendall_tau" in h and h["kendall_tau"].notna().any():
                 curves.append((f"{row.method} s{row.seed}", h.dropna(subset=["kendall_tau"])))
+    compute = compute_curves(summary)
+    if not compute.empty:
+        written.append(plot_tau_vs_compute(run_dir, compute, training_free_lines(summary)))
     if curves:
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
         for label, h in curves:
@@ -195,6 +200,81 @@ def plot(run_dir: Path, summary: pd.DataFrame) -> list[str]:
         plt.close(fig)
         written.append("tau_vs_epoch.png")
     return written
+
+
+def compute_curves(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, seed, ranked epoch): tau and the compute spent up to that epoch —
+    images drawn from the two search halves and the trial's CPU seconds, both cumulative and
+    without the ranking evaluations themselves (their cost is in ``rank_cpu_s``)."""
+    rows = []
+    for row in summary[summary["status"] == "ok"].itertuples():
+        path = Path(str(row.trial_dir)) / "history.csv" if isinstance(row.trial_dir, str) and row.trial_dir else None
+        if not path or not path.exists():
+            continue
+        h = pd.read_csv(path)
+        if "kendall_tau" not in h or "train_images" not in h or h["kendall_tau"].notna().sum() < 1:
+            continue
+        images = (h["train_images"].fillna(0) + h.get("valid_images", 0 * h["train_images"]).fillna(0)).cumsum()
+        cpu = h["cpu_s"].fillna(0).cumsum() if "cpu_s" in h else h["epoch_s"].cumsum()
+        for i in h.index[h["kendall_tau"].notna()]:
+            rows.append({"method": row.method, "seed": row.seed, "epoch": int(h.loc[i, "epoch"]),
+                         "images_seen": float(images[i]), "cpu_s": float(cpu[i]),
+                         "kendall_tau": float(h.loc[i, "kendall_tau"]),
+                         "rank_cpu_s": float(h.loc[i, "rank_cpu_s"]) if "rank_cpu_s" in h else np.nan})
+    return pd.DataFrame(rows)
+
+
+def training_free_lines(summary: pd.DataFrame) -> dict[str, float]:
+    """``params``' mean tau and the best other training-free row's (a proxy or flops): the bars a
+    trained method must clear."""
+    ok = summary[(summary["status"] == "ok") & summary["kendall_tau"].notna()]
+    free = ok[pd.to_numeric(ok["epochs"], errors="coerce").fillna(0) == 0]
+    means = free.groupby("method")["kendall_tau"].mean()
+    lines = {}
+    if REFERENCE in means:
+        lines[REFERENCE] = float(means[REFERENCE])
+    others = means.drop(index=[m for m in (REFERENCE, "random") if m in means])
+    if len(others):
+        lines[f"best training-free: {others.idxmax()}"] = float(others.max())
+    return lines
+
+
+def plot_tau_vs_compute(run_dir: Path, compute: pd.DataFrame, lines: dict[str, float]) -> str:
+    """tau against images seen and against CPU seconds: per method the mean over seeds, the band
+    from the lowest to the highest seed, the training-free bars as horizontal lines."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, x, label in ((axes[0], "images_seen", "images seen (train + valid halves)"),
+                         (axes[1], "cpu_s", "CPU seconds of search (ranking excluded)")):
+        for method, g in compute.groupby("method", sort=False):
+            by_epoch = g.groupby("epoch")
+            xs, mean = by_epoch[x].mean(), by_epoch["kendall_tau"].mean()
+            line, = ax.plot(xs, mean, marker="o", ms=3, label=f"{method} ({g['seed'].nunique()} seeds)")
+            if g["seed"].nunique() > 1:
+                ax.fill_between(xs, by_epoch["kendall_tau"].min(), by_epoch["kendall_tau"].max(),
+                                color=line.get_color(), alpha=0.15)
+        for (name, value), style in zip(lines.items(), ("--", ":")):
+            ax.axhline(value, color="tab:red" if name == REFERENCE else "tab:purple", ls=style, lw=1,
+                       label=f"{name} {value:.3f}")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_xlabel(label)
+    axes[0].set_ylabel("Kendall tau vs ground truth")
+    axes[1].legend(fontsize=7, loc="best")
+    fig.suptitle("Ranking quality against compute (line: mean over seeds; band: lowest to highest seed)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(run_dir / "tau_vs_compute.png", dpi=110)
+    plt.close(fig)
+    return "tau_vs_compute.png"
+
+
+def compute_table(compute: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (method, epoch), g in compute.groupby(["method", "epoch"], sort=False):
+        rows.append({"method": method, "epoch": epoch, "seeds": g["seed"].nunique(),
+                     "images_seen": f"{g['images_seen'].mean():,.0f}", "cpu_s": f"{g['cpu_s'].mean():.0f}",
+                     "kendall_tau": mean_std(g["kendall_tau"]), "ranking_cpu_s": f"{g['rank_cpu_s'].mean():.0f}"})
+    return pd.DataFrame(rows)
 
 
 def write_report(run_dir: str | Path, expected: Sequence[tuple[str, int]] = (),
@@ -210,16 +290,20 @@ def write_report(run_dir: str | Path, expected: Sequence[tuple[str, int]] = (),
     if run:
         exp = run.get("experiment", {})
         lines += [f"- command: `{run.get('command', '')}`",
-                  f"- budget: {exp.get('budget')}, dataset: {exp.get('dataset')}, C={exp.get('C')}, N={exp.get('N')}",
+                  f"- space: {exp.get('space', 'nb201')}, budget: {exp.get('budget')}, dataset: {exp.get('dataset')}, "
+                  f"C={exp.get('C')}" + ("" if exp.get("space") == "darts" else f", N={exp.get('N')}"),
                   f"- evaluation archs: {run.get('arch_set', '')}",
                   f"- ground truth: {run.get('benchmark') or 'none'} ({run.get('metric') or '-'})",
                   f"- code: {run.get('provenance', {}).get('git_sha')}", ""]
-    if not has_truth:
+    if exp_space(run) == "darts":
+        lines += darts_section(summary)
+    elif not has_truth:
         lines += ["No ranking metrics: this run had no ground truth (`--benchmark none`, or a space without a "
                   "built-in table); rerun with the default `--benchmark builtin` or `--benchmark FILE`.", ""]
-    lines += ["## Per method (mean ± std over successful seeds)", "",
-              "`kind`: `baseline` rows (params, flops, random) are training-free reference points that every "
-              "run with ground truth scores on the same archs.", "", markdown_table(aggregate(summary)), ""]
+    if exp_space(run) != "darts":  # (the DARTS section above has the per-method table of that space)
+        lines += ["## Per method (mean ± std over successful seeds)", "",
+                  "`kind`: `baseline` rows (params, flops, random) are training-free reference points that every "
+                  "run with ground truth scores on the same archs.", "", markdown_table(aggregate(summary)), ""]
     if has_truth:
         versus = versus_reference(summary)
         if not versus.empty:
@@ -229,8 +313,18 @@ def write_report(run_dir: str | Path, expected: Sequence[tuple[str, int]] = (),
                       f"the difference from {REFERENCE}'s tau on the same archs, with the paired bootstrap 95 % "
                       f"interval; `beats_{REFERENCE}` is `yes` when that interval lies above 0.", "",
                       markdown_table(versus), ""]
+    compute = compute_curves(summary)
+    if not compute.empty and compute["epoch"].nunique() > 1:
+        lines += ["## Ranking quality against compute", "",
+                  "tau at each ranked epoch (`--eval-every`) against the compute spent so far: images drawn from the "
+                  "search halves and the trial's CPU seconds, both without the ranking evaluations, whose own cost "
+                  "per evaluation is `ranking_cpu_s` (BN recalibration and validation of every evaluation arch).",
+                  "", markdown_table(compute_table(compute)), ""]
+    per_trial = summary.drop(columns=["trial_dir"])
+    if exp_space(run) == "darts":  # nothing ranked in this space
+        per_trial = per_trial.drop(columns=[c for c in RANKING_COLUMNS if c in per_trial])
     lines += ["## Per trial", "",
-              markdown_table(summary.drop(columns=["trial_dir"]).assign(
+              markdown_table(per_trial.assign(
                   derived_arch=summary["derived_arch"].fillna(""), error=summary["error"].fillna(""))), ""]
     lines += [f"![{p}]({p})" for p in plots]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
@@ -238,8 +332,37 @@ def write_report(run_dir: str | Path, expected: Sequence[tuple[str, int]] = (),
     return summary
 
 
-def format_table(summary: pd.DataFrame) -> str:
-    cols = ["method", "seed", "status", "kendall_tau", "p_at_top5", "derived_truth", "wall_s", "error"]
+def exp_space(run: dict[str, Any]) -> str:
+    return str(run.get("experiment", {}).get("space", "nb201"))
+
+
+def darts_section(summary: pd.DataFrame) -> list[str]:
+    """The DARTS-space report: no ground truth, so each method's genotype, its size at the
+    evaluation settings and the search cost; accuracy comes from a from-scratch evaluation."""
+    ok = summary[summary["status"] == "ok"]
+    lines = ["## DARTS space: the genotype each method derived", "",
+             "No tabular ground truth in this space: each trial reports the genotype it derived, its parameters "
+             "and multiply-adds in the CIFAR evaluation network (C=36, 20 cells, 32 px, auxiliary head excluded; "
+             "the ImageNet mobile sizes are in each `derived.json`) and the search cost. Accuracy needs training "
+             "from scratch: `--retrain-top 0` or `python -m harness.evaluate --space darts --from RUN "
+             "--recipe darts-cifar`.", ""]
+    rows = []
+    for method, g in ok.groupby("method", sort=False):
+        params = pd.to_numeric(g["derived_params"], errors="coerce").dropna() / 1e6
+        macs = pd.to_numeric(g["derived_macs"], errors="coerce").dropna() / 1e6
+        wall = pd.to_numeric(g["wall_s"], errors="coerce").dropna() / 60
+        rows.append({"method": method, "trials": len(g), "params_M": mean_std(params), "macs_M": mean_std(macs),
+                     "search_min": mean_std(wall)})
+    if rows:
+        lines += [markdown_table(pd.DataFrame(rows)), ""]
+    for row in ok.itertuples():
+        lines += [f"- `{row.method}` seed {row.seed}: `{row.derived_arch}`"]
+    return lines + [""]
+
+
+def format_table(summary: pd.DataFrame, space: str = "nb201") -> str:
+    cols = (["method", "seed", "status", "derived_params", "derived_macs", "wall_s", "error"] if space == "darts"
+            else ["method", "seed", "status", "kendall_tau", "p_at_top5", "derived_truth", "wall_s", "error"])
     view = summary[cols].copy()
     view["error"] = view["error"].fillna("").astype(str).str.slice(0, 60)
     return view.to_string(index=False, float_format=lambda v: f"{v:.3f}")

@@ -55,6 +55,21 @@ class RunContext:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
+class Counted:
+    """An iterable of ``(x, y)`` batches that counts the images drawn from it (every pass)."""
+
+    def __init__(self, batches: Any) -> None:
+        self.batches, self.images = batches, 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Any:
+        for x, y in self.batches:
+            self.images += int(y.shape[0])
+            yield x, y
+
+
 def trial_name(method: str, seed: int) -> str:
     return f"{method}-seed{seed}"
 
@@ -62,7 +77,7 @@ def trial_name(method: str, seed: int) -> str:
 def trial_config(exp: ExperimentConfig, method: str, seed: int,
                  overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The one place a method config is resolved: preset, then ``--epochs``, then ``--set``."""
-    cfg = method_config(get_method(method), exp.budget, exp.epochs, overrides or {})
+    cfg = method_config(get_method(method, exp.space), exp.budget, exp.epochs, overrides or {})
     return {"method": method, "seed": int(seed), "experiment": exp.to_dict(), "method_config": config_to_dict(cfg)}
 
 
@@ -89,7 +104,7 @@ def prepare(exp: ExperimentConfig, method_name: str, seed: int, resolved: Mappin
     """
     from harness.data import Batches, fixed_batches, load_dataset, random_batch, search_split, stratified_subset
 
-    method_cls = get_method(method_name)
+    method_cls = get_method(method_name, exp.space)
     cfg = (config_from_dict(method_cls.Config, resolved) if resolved is not None
            else method_config(method_cls, exp.budget, exp.epochs, {}))
     device = select_device(exp.device)
@@ -139,7 +154,7 @@ def _run(config: dict[str, Any], exp: ExperimentConfig, method_name: str, seed: 
     started = time.time()
     p = prepare(exp, method_name, seed, config["method_config"], progress=line_printer(trial_dir.name))
     method, cfg = p.method, p.cfg
-    archs = [Arch.from_str(s) for s in context.archs]
+    archs = [Arch.from_str(s) for s in context.archs]  # empty in the DARTS space (nothing to rank)
     write_json(trial_dir / "config.json", {
         "method": method_name, "seed": seed, "budget": exp.budget,
         "experiment": exp.to_dict(), "method_config": config_to_dict(cfg),
@@ -151,22 +166,31 @@ def _run(config: dict[str, Any], exp: ExperimentConfig, method_name: str, seed: 
     last: dict[str, np.ndarray] = {}
 
     def epoch(k: int) -> dict[str, Any]:
-        t0 = time.time()
-        train = maybe_faulty(p.train_batches, trial_dir, k)  # the fault-tolerance tests' worker kill
-        metrics = dict(method.train_epoch(train, p.valid_batches))
-        metrics["epoch_s"] = time.time() - t0
-        if k == cfg.epochs or (exp.eval_every and k % exp.eval_every == 0):
+        t0, c0 = time.time(), time.process_time()
+        # the compute an epoch spends: images drawn from each half, and this process's CPU seconds
+        train = Counted(maybe_faulty(p.train_batches, trial_dir, k))  # (+ the fault tests' worker kill)
+        valid = Counted(p.valid_batches)
+        metrics = dict(method.train_epoch(train, valid))
+        metrics.update(epoch_s=time.time() - t0, cpu_s=time.process_time() - c0, train_images=train.images,
+                       valid_images=valid.images)
+        if archs and (k == cfg.epochs or (exp.eval_every and k % exp.eval_every == 0)):
+            t1, c1 = time.time(), time.process_time()
             last["scores"] = method.score(archs)
             metrics.update(_ranking(last["scores"], context))
+            # what ranking cost (BN recalibration + validation per arch), kept apart from the search's compute
+            metrics.update(rank_s=time.time() - t1, rank_cpu_s=time.process_time() - c1)
         return metrics
 
     progress = run_epochs(session, trial_dir, cfg.epochs,
                           {"method": method, "train_batches": p.train_batches, "valid_batches": p.valid_batches},
                           epoch)
-    # no training epochs (training-free methods), or resumed after the last epoch
-    scores = last["scores"] if "scores" in last else method.score(archs)
     torch.save({"method": method.state_dict(), "epoch": cfg.epochs}, trial_dir / FINAL_STATE)
-    final = _finish(method, method_name, seed, exp, p.setup.num_classes, context, archs, scores, trial_dir)
+    if exp.space == "darts":
+        final = _finish_darts(method, method_name, seed, p.setup.num_classes, trial_dir)
+    else:
+        # no training epochs (training-free methods), or resumed after the last epoch
+        scores = last["scores"] if "scores" in last else method.score(archs)
+        final = _finish(method, method_name, seed, exp, p.setup.num_classes, context, archs, scores, trial_dir)
     # when and where it ran: a sweep's trials overlap in time on a cluster (or on logical GPUs)
     final.update({"epoch": cfg.epochs, "epochs": cfg.epochs, "done": True, "wall_s": progress.wall_s(),
                   "total_s": time.time() - started, "started_at": started, "finished_at": time.time(),
@@ -200,6 +224,31 @@ def _finish(method: Any, method_name: str, seed: int, exp: ExperimentConfig, num
               "n_archs": len(archs), "n_unique": int(sum(context.unique_mask))}
     result.update(_ranking(scores, context))
     return result
+
+
+def _finish_darts(method: Any, method_name: str, seed: int, num_classes: int, trial_dir: Path) -> dict[str, Any]:
+    """A DARTS-space search ends with its genotype and that genotype's size at the evaluation
+    settings the seeds report (CIFAR: C=36, 20 cells; ImageNet mobile: C=48, 14 cells, 224 px)."""
+    from spaces.darts import count_macs, count_params, count_params_imagenet
+
+    genotype = method.derive()
+    sizes = {
+        "params": count_params(genotype, C=36, layers=20, num_classes=num_classes),
+        "macs": count_macs(genotype, C=36, layers=20, num_classes=num_classes, resolution=32, network="cifar"),
+        "imagenet_params": count_params_imagenet(genotype, C=48, layers=14, num_classes=1000),
+        "imagenet_macs": count_macs(genotype, C=48, layers=14, num_classes=1000, resolution=224, network="imagenet"),
+    }
+    write_json(trial_dir / "derived.json", {
+        "space": "darts", "genotype": str(genotype), **sizes,
+        "sizes_at": "params/macs: CIFAR network C=36, 20 cells, 32 px, auxiliary head excluded; imagenet_*: "
+                    "mobile network C=48, 14 cells, 224 px, 1000 classes",
+    })
+    extras = getattr(method, "extras", None)
+    if callable(extras):
+        write_json(trial_dir / "method.json", json_safe(extras()))
+    return {"method": method_name, "seed": seed, "derived_arch": str(genotype), "derived_params": sizes["params"],
+            "derived_macs": sizes["macs"], "imagenet_params": sizes["imagenet_params"],
+            "imagenet_macs": sizes["imagenet_macs"]}
 
 
 UNDEFINED_RANKING = "the ranking is undefined"

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spaces.plan import CellPlan, Coef, EdgePlan, Term, sum_terms as _sum_node  # noqa: F401 (re-exported)
+from spaces.plan import CellPlan, Term
+from spaces.plan import sum_terms as _sum_node
 
 OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 NONE, SKIP, CONV1, CONV3, POOL = range(len(OPS))

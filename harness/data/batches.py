@@ -103,6 +103,20 @@ def _crop_flip(x: torch.Tensor, rows0: torch.Tensor, cols0: torch.Tensor, flips:
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def cutout_mask(height: int, width: int, rows: torch.Tensor, cols: torch.Tensor, length: int) -> torch.Tensor:
+    """(n, 1, H, W) float mask: 0 inside one ``length`` x ``length`` square per image centred at
+    (rows[i], cols[i]) and clipped at the borders (DeVries & Taylor 2017, DARTS's ``Cutout``:
+    y1 = clip(y - L//2), y2 = clip(y + L//2)), 1 elsewhere."""
+    device = rows.device
+    half = length // 2
+    r = torch.arange(height, device=device)[None, :]
+    c = torch.arange(width, device=device)[None, :]
+    in_rows = (r >= (rows[:, None] - half)) & (r < (rows[:, None] + half))     # (n, H)
+    in_cols = (c >= (cols[:, None] - half)) & (c < (cols[:, None] + half))     # (n, W)
+    hole = in_rows[:, :, None] & in_cols[:, None, :]
+    return (~hole).to(torch.float32)[:, None]
+
+
 def normalize(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """float32 ``(x / 255 - mean) / std`` per channel, on x's device; (3,H,W) or (N,3,H,W)."""
     if x_uint8.dtype != torch.uint8:
@@ -137,7 +151,10 @@ def random_batch(data: ImageSet, n: int, seed: int, *, mean: Sequence[float], st
 class Batches:
     """Epochs of normalised (and optionally augmented) batches drawn on the device.
 
-    Each ``iter()`` draws the whole epoch's randomness up front (order, crop offsets, flips),
+    ``cutout > 0`` zeroes one ``cutout``-sided square per training image after normalisation
+    (centre uniform over the image, clipped at the borders), as DARTS's CIFAR recipe does.
+
+    Each ``iter()`` draws the whole epoch's randomness up front (order, crop offsets, flips, cutout centres),
     so the generator state after starting an epoch does not depend on how many of its batches
     were consumed: ``state_dict()`` taken at any point of an epoch makes a resumed run draw the
     next epoch bit for bit the same.
@@ -145,7 +162,9 @@ class Batches:
 
     def __init__(self, data: ImageSet, batch_size: int, *, mean: Sequence[float], std: Sequence[float],
                  shuffle: bool = True, augment: bool = True, drop_last: bool = True, seed: int = 0,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", cutout: int = 0) -> None:
+        if cutout < 0:
+            raise DataError(f"cutout must be >= 0 (0 = off), got {cutout}")
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
         if len(data) == 0:
@@ -162,6 +181,7 @@ class Batches:
         self.augment = augment
         self.drop_last = drop_last
         self.pad = 4
+        self.cutout = int(cutout)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self.epochs = 0
@@ -172,8 +192,19 @@ class Batches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order, rows0, cols0, flips = self._draw_epoch()
+        holes = self._draw_cutout()
         self.epochs += 1
-        return self._batches(order, rows0, cols0, flips)
+        return self._batches(order, rows0, cols0, flips, holes)
+
+    def _draw_cutout(self) -> torch.Tensor | None:
+        """Cutout centres (2, n): rows then columns, drawn after the rest of the epoch's numbers
+        (so ``cutout=0`` leaves every other draw as it was)."""
+        if not self.cutout or not self.augment:   # augmentation: training batches only
+            return None
+        n, (height, width) = len(self.data), self.data.images.shape[-2:]
+        rows = torch.randint(0, height, (n,), generator=self.generator, device=self.device)
+        cols = torch.randint(0, width, (n,), generator=self.generator, device=self.device)
+        return torch.stack([rows, cols])
 
     def _draw_epoch(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Every random number of one epoch, in a fixed order: permutation, rows, cols, flips."""
@@ -189,7 +220,8 @@ class Batches:
         return order, offsets[0], offsets[1], flips
 
     def _batches(self, order: torch.Tensor, rows0: torch.Tensor | None, cols0: torch.Tensor | None,
-                 flips: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                 flips: torch.Tensor | None, holes: torch.Tensor | None = None
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         size = self.batch_size
         for start in range(0, len(self) * size, size):
             index = order[start:start + size]
@@ -197,7 +229,11 @@ class Batches:
             if rows0 is not None and cols0 is not None and flips is not None:
                 window = slice(start, start + size)
                 x = _crop_flip(x, rows0[window], cols0[window], flips[window], self.pad)
-            yield normalize(x, self.mean, self.std), self.data.labels[index]
+            out = normalize(x, self.mean, self.std)
+            if holes is not None:
+                window = slice(start, start + size)
+                out = out * cutout_mask(out.shape[-2], out.shape[-1], holes[0, window], holes[1, window], self.cutout)
+            yield out, self.data.labels[index]
 
     def state_dict(self) -> dict:
         """The generator state (a CPU uint8 tensor) and epoch count; torch.save-able."""

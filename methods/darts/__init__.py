@@ -1,0 +1,1 @@
+"""DARTS-space versions of the search methods (the NB201 ones live in ``methods/``)."""
