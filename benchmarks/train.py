@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from common.config import coerce_field, config_from_dict, config_to_dict
+from spaces.measure import conv_linear_macs, deployed_params
 from spaces.nb201 import Arch, Network
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -297,45 +298,13 @@ def build_darts(genotype: Any, r: Recipe, num_classes: int) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     """Parameters of the network as deployed: a DARTS auxiliary head (training only) is excluded."""
-    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("auxiliary_head."))
+    return deployed_params(model)
 
 
-@torch.no_grad()
 def count_macs(model: nn.Module, image_size: int, device: torch.device | str | None = None) -> int:
-    """Multiply-accumulates of one image's forward pass: convolutions and linear layers.
-
-    The same convention as ``spaces.nb201.count_flops`` (BN, pooling and additions ignored),
-    measured with hooks so it holds for any stem or space.
-    """
-    total = 0
-
-    def conv_hook(module: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        kh, kw = module.kernel_size
-        total += (module.in_channels // module.groups) * kh * kw * out.shape[1] * out.shape[2] * out.shape[3]
-
-    def linear_hook(module: nn.Linear, _inp: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        total += module.in_features * module.out_features
-
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(linear_hook))
-    was_training = model.training
-    if device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-    try:
-        model.eval()
-        model(torch.zeros(1, 3, image_size, image_size, device=device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return int(total)
+    """Multiply-accumulates of one image's forward pass: convolutions and linear layers
+    (``spaces.measure``: the convention of ``spaces.nb201.count_flops``, for any stem or space)."""
+    return conv_linear_macs(model, image_size, device)
 
 
 # --------------------------------------------------------------------------- the training loop

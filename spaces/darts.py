@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spaces.measure import conv_linear_macs, deployed_params
 from spaces.plan import CellPlan, EdgePlan, Term, apply_term, skipped, sum_terms
 
 __all__ = ["PRIMITIVES", "NONE", "SKIP", "STEPS", "EDGES", "NUM_EDGES", "CELL_TYPES", "Genotype", "edge_index",
@@ -472,21 +473,16 @@ class NetworkImageNet(_EvalNetwork):
         return s0, self.stem1(s0)
 
 
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("auxiliary_head"))
-
-
 def count_params(genotype: Genotype, C: int = 36, layers: int = 20, num_classes: int = 10) -> int:
     """Parameters of the CIFAR evaluation network, auxiliary head excluded (as DARTS counts)."""
-    return _count(NetworkCIFAR(genotype, C, layers, num_classes))
+    return deployed_params(NetworkCIFAR(genotype, C, layers, num_classes))
 
 
 def count_params_imagenet(genotype: Genotype, C: int = 48, layers: int = 14, num_classes: int = 1000) -> int:
     """Parameters of the ImageNet mobile network, auxiliary head excluded."""
-    return _count(NetworkImageNet(genotype, C, layers, num_classes))
+    return deployed_params(NetworkImageNet(genotype, C, layers, num_classes))
 
 
-@torch.no_grad()
 def count_macs(genotype: Genotype, C: int = 48, layers: int = 14, num_classes: int = 1000, resolution: int = 224,
                network: str = "imagenet") -> int:
     """Multiply-adds of one image's forward pass: convolutions and the classifier (BN, pooling,
@@ -495,24 +491,7 @@ def count_macs(genotype: Genotype, C: int = 48, layers: int = 14, num_classes: i
         raise ValueError(f"network is 'imagenet' or 'cifar', got {network!r}")
     model: nn.Module = (NetworkImageNet(genotype, C, layers, num_classes) if network == "imagenet"
                         else NetworkCIFAR(genotype, C, layers, num_classes))
-    total = 0
-
-    def conv_hook(m: nn.Conv2d, _i: object, out: torch.Tensor) -> None:
-        nonlocal total
-        kh, kw = m.kernel_size
-        total += (m.in_channels // m.groups) * kh * kw * out.shape[1] * out.shape[2] * out.shape[3]
-
-    def linear_hook(m: nn.Linear, _i: object, _out: torch.Tensor) -> None:
-        nonlocal total
-        total += m.in_features * m.out_features
-
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            m.register_forward_hook(conv_hook)
-        elif isinstance(m, nn.Linear):
-            m.register_forward_hook(linear_hook)
-    model.eval()(torch.zeros(1, 3, resolution, resolution))
-    return int(total)
+    return conv_linear_macs(model, resolution, "cpu")
 
 
 # --------------------------------------------------------------------------- the search supernet
