@@ -13,6 +13,16 @@ from typing import Any, Mapping, TypeVar, cast
 BUDGETS: tuple[str, ...] = ("smoke", "cpu", "paper")
 """The named budgets of every preset (DESIGN.md): seconds for tests, a laptop, the published schedule."""
 
+CPU_SEARCH_MACS = 1e13
+"""The ``cpu`` budget's search compute per trial, the same for every method: multiply-adds processed
+by the search (every conv/linear forward, and twice that again where a backward follows; ranking
+evaluations excluded), as ``spaces.measure.MacMeter`` counts them and ``history.csv`` records them
+(``search_macs``). Each NB201 method's ``cpu`` preset sets its epochs and per-epoch images to land
+near it (set from the per-epoch costs measured on the development sample); single-path methods
+therefore see the whole search half. About 5-6 CPU-minutes on one core of the development machine
+(27-34 x 10^9 multiply-adds per second), so the default job, hopnas and nap side by side with one
+ranking each, takes about 8 minutes on 2 cores."""
+
 _C = TypeVar("_C")
 
 

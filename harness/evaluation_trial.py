@@ -118,7 +118,7 @@ class _InMemoryData:
             train = stratified_subset(train, job.train_images, job.subset_seed)
         if job.test_images is not None and job.test_images < len(test):
             test = stratified_subset(test, job.test_images, job.subset_seed)
-        norm = dict(mean=data.mean, std=data.std)
+        norm: dict[str, Any] = dict(mean=data.mean, std=data.std)
         self.batches = Batches(train, r.batch_size, shuffle=True, augment=True,
                                drop_last=drop_last_for(len(train), r.batch_size), seed=seed, device=device,
                                cutout=getattr(r, "cutout", 0), **norm)

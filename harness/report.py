@@ -21,7 +21,7 @@ from harness.tables import markdown_table, mean_std
 SUMMARY_COLUMNS = [
     "method", "kind", "seed", "status", "error", "kendall_tau", "spearman", "p_at_top5", "tau_top10",
     "unique_kendall_tau", "n_archs", "n_unique", "derived_arch", "derived_truth", "derived_params",
-    "derived_macs", "epochs", "wall_s", "trial_dir",
+    "derived_macs", "epochs", "search_macs", "images_seen", "search_cpu_s", "derive_macs", "wall_s", "trial_dir",
 ]
 RANKING_COLUMNS = ("kendall_tau", "spearman", "p_at_top5", "tau_top10", "unique_kendall_tau", "n_archs", "n_unique",
                    "derived_truth")
@@ -66,10 +66,13 @@ def _method_order_key(col: pd.Series) -> pd.Series:
 
 
 def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over successful seeds, per method (``search_min``: trial wall minutes)."""
+    """Mean and std over successful seeds, per method (``search_min``: trial wall minutes;
+    ``search_tmacs``: the search's multiply-adds in units of 10^12, the compute budgets equalise)."""
     ok = summary[summary["status"] == "ok"]
-    cols = ["kendall_tau", "unique_kendall_tau", "spearman", "p_at_top5", "tau_top10", "derived_truth", "search_min"]
-    ok = ok.assign(search_min=pd.to_numeric(ok["wall_s"], errors="coerce") / 60)
+    cols = ["kendall_tau", "unique_kendall_tau", "spearman", "p_at_top5", "tau_top10", "derived_truth",
+            "search_tmacs", "search_min"]
+    ok = ok.assign(search_min=pd.to_numeric(ok["wall_s"], errors="coerce") / 60,
+                   search_tmacs=pd.to_numeric(ok["search_macs"], errors="coerce") / 1e12)
     rows = []
     for method, group in summary.groupby("method", sort=False):
         g = ok[ok["method"] == method]
@@ -133,6 +136,30 @@ def versus_reference(summary: pd.DataFrame, n_boot: int | None = None) -> pd.Dat
             except ValueError as err:
                 row.update({f"beats_{REFERENCE}": f"undefined: {err}"})
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def headline_table(summary: pd.DataFrame, versus: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The one table a ranking study reports, a row per method: each ranking metric (mean over
+    seeds) with tau's bootstrap 95 % interval over archs, the derived arch's ground truth, the
+    search's compute and wall time, and tau's paired difference from ``params`` (interval and
+    verdict). Empty without ground truth."""
+    versus = versus_reference(summary) if versus is None else versus
+    if versus.empty:
+        return versus
+    agg = aggregate(summary).set_index("method")
+    rows = []
+    for v in versus.itertuples():
+        a = agg.loc[v.method]
+        diff = getattr(v, f"minus_{REFERENCE}", math.nan)
+        rows.append({"method": v.method, "trials": a["trials"],
+                     "kendall_tau [95% CI]": f"{v.kendall_tau:.3f} {v.kendall_tau_ci}",
+                     "spearman": f"{v.spearman:.3f}", "p_at_top5": f"{v.p_at_top5:.3f}",
+                     "tau_top10": f"{v.tau_top10:.3f}", "derived_truth": a["derived_truth"],
+                     "search_tmacs": a["search_tmacs"], "search_min": a["search_min"],
+                     f"tau minus {REFERENCE} [95% CI]": ("" if v.method == REFERENCE or pd.isna(diff)
+                                                        else f"{diff:+.3f} {v.diff_ci}"),
+                     f"beats {REFERENCE}": "" if v.method == REFERENCE else getattr(v, f"beats_{REFERENCE}", "")})
     return pd.DataFrame(rows)
 
 
@@ -204,8 +231,9 @@ def plot(run_dir: Path, summary: pd.DataFrame) -> list[str]:
 
 def compute_curves(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per (method, seed, ranked epoch): tau and the compute spent up to that epoch —
-    images drawn from the two search halves and the trial's CPU seconds, both cumulative and
-    without the ranking evaluations themselves (their cost is in ``rank_cpu_s``)."""
+    the multiply-adds the search processed (``search_macs``), images drawn from the two search
+    halves and the trial's CPU seconds, all cumulative and without the ranking evaluations
+    themselves (their cost is in ``rank_cpu_s`` and ``rank_macs``)."""
     rows = []
     for row in summary[summary["status"] == "ok"].itertuples():
         path = Path(str(row.trial_dir)) / "history.csv" if isinstance(row.trial_dir, str) and row.trial_dir else None
@@ -216,11 +244,13 @@ def compute_curves(summary: pd.DataFrame) -> pd.DataFrame:
             continue
         images = (h["train_images"].fillna(0) + h.get("valid_images", 0 * h["train_images"]).fillna(0)).cumsum()
         cpu = h["cpu_s"].fillna(0).cumsum() if "cpu_s" in h else h["epoch_s"].cumsum()
+        macs = h["search_macs"].cumsum() if "search_macs" in h else pd.Series(np.nan, index=h.index)
         for i in h.index[h["kendall_tau"].notna()]:
             rows.append({"method": row.method, "seed": row.seed, "epoch": int(h.loc[i, "epoch"]),
-                         "images_seen": float(images[i]), "cpu_s": float(cpu[i]),
+                         "search_macs": float(macs[i]), "images_seen": float(images[i]), "cpu_s": float(cpu[i]),
                          "kendall_tau": float(h.loc[i, "kendall_tau"]),
-                         "rank_cpu_s": float(h.loc[i, "rank_cpu_s"]) if "rank_cpu_s" in h else np.nan})
+                         "rank_cpu_s": float(h.loc[i, "rank_cpu_s"]) if "rank_cpu_s" in h else np.nan,
+                         "rank_macs": float(h.loc[i, "rank_macs"]) if "rank_macs" in h else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -240,16 +270,21 @@ def training_free_lines(summary: pd.DataFrame) -> dict[str, float]:
 
 
 def plot_tau_vs_compute(run_dir: Path, compute: pd.DataFrame, lines: dict[str, float]) -> str:
-    """tau against images seen and against CPU seconds: per method the mean over seeds, the band
-    from the lowest to the highest seed, the training-free bars as horizontal lines."""
+    """tau against the search's multiply-adds, images seen and CPU seconds: per method the mean
+    over seeds, the band from the lowest to the highest seed, the training-free bars as
+    horizontal lines."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for ax, x, label in ((axes[0], "images_seen", "images seen (train + valid halves)"),
-                         (axes[1], "cpu_s", "CPU seconds of search (ranking excluded)")):
+    panels = [("search_macs", "multiply-adds of search, 10^12 (ranking excluded)", 1e12),
+              ("images_seen", "images seen (train + valid halves), 1,000s", 1e3),
+              ("cpu_s", "CPU seconds of search (ranking excluded)", 1.0)]
+    panels = [p for p in panels if compute[p[0]].notna().any()]
+    fig, axes_array = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), sharey=True, squeeze=False)
+    axes = list(axes_array[0])
+    for ax, (x, label, unit) in zip(axes, panels):
         for method, g in compute.groupby("method", sort=False):
             by_epoch = g.groupby("epoch")
-            xs, mean = by_epoch[x].mean(), by_epoch["kendall_tau"].mean()
+            xs, mean = by_epoch[x].mean() / unit, by_epoch["kendall_tau"].mean()
             line, = ax.plot(xs, mean, marker="o", ms=3, label=f"{method} ({g['seed'].nunique()} seeds)")
             if g["seed"].nunique() > 1:
                 ax.fill_between(xs, by_epoch["kendall_tau"].min(), by_epoch["kendall_tau"].max(),
@@ -260,7 +295,7 @@ def plot_tau_vs_compute(run_dir: Path, compute: pd.DataFrame, lines: dict[str, f
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_xlabel(label)
     axes[0].set_ylabel("Kendall tau vs ground truth")
-    axes[1].legend(fontsize=7, loc="best")
+    axes[-1].legend(fontsize=7, loc="best")
     fig.suptitle("Ranking quality against compute (line: mean over seeds; band: lowest to highest seed)", fontsize=9)
     fig.tight_layout()
     fig.savefig(run_dir / "tau_vs_compute.png", dpi=110)
@@ -268,12 +303,42 @@ def plot_tau_vs_compute(run_dir: Path, compute: pd.DataFrame, lines: dict[str, f
     return "tau_vs_compute.png"
 
 
+def log_compute_fit(compute: pd.DataFrame, bar: float | None) -> pd.DataFrame:
+    """Per method, the least-squares line tau = a + b * log10(search multiply-adds) through every
+    (seed, ranked epoch) point, and — where the slope is positive — the compute at which that line
+    reaches ``bar`` (``params``' tau). An extrapolation with a stated fit, not a prediction: the
+    report prints the slope's standard error, R² and how far beyond the measured range it reaches."""
+    rows = []
+    for method, g in compute.dropna(subset=["search_macs", "kendall_tau"]).groupby("method", sort=False):
+        x, y = np.log10(g["search_macs"].to_numpy(float)), g["kendall_tau"].to_numpy(float)
+        row: dict[str, Any] = {"method": method, "points": len(x)}
+        if len(x) < 3 or np.ptp(x) == 0:
+            rows.append({**row, "fit": "too few distinct compute points"})
+            continue
+        b, a = np.polyfit(x, y, 1)
+        resid = y - (a + b * x)
+        se = math.sqrt(float(resid @ resid) / (len(x) - 2) / float(((x - x.mean()) ** 2).sum()))
+        ss = float(((y - y.mean()) ** 2).sum())
+        row.update({"slope_per_decade": f"{b:+.3f} ± {se:.3f}", "r2": f"{1 - float(resid @ resid) / ss:.2f}" if ss else "-",
+                    "tau_at_max": f"{a + b * x.max():.3f}", "max_tmacs": f"{10 ** x.max() / 1e12:.2f}"})
+        if bar is not None and b > 0:
+            needed = 10 ** ((bar - a) / b)
+            row.update({f"tmacs_to_reach_{REFERENCE}": f"{needed / 1e12:.3g}",
+                        "times_measured": f"{needed / 10 ** x.max():.3g}x"})
+        elif bar is not None:
+            row.update({f"tmacs_to_reach_{REFERENCE}": "never (slope <= 0)"})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def compute_table(compute: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (method, epoch), g in compute.groupby(["method", "epoch"], sort=False):
         rows.append({"method": method, "epoch": epoch, "seeds": g["seed"].nunique(),
+                     "search_tmacs": f"{g['search_macs'].mean() / 1e12:.2f}",
                      "images_seen": f"{g['images_seen'].mean():,.0f}", "cpu_s": f"{g['cpu_s'].mean():.0f}",
-                     "kendall_tau": mean_std(g["kendall_tau"]), "ranking_cpu_s": f"{g['rank_cpu_s'].mean():.0f}"})
+                     "kendall_tau": mean_std(g["kendall_tau"]), "ranking_cpu_s": f"{g['rank_cpu_s'].mean():.0f}",
+                     "ranking_tmacs": f"{g['rank_macs'].mean() / 1e12:.2f}"})
     return pd.DataFrame(rows)
 
 
@@ -307,6 +372,11 @@ def write_report(run_dir: str | Path, expected: Sequence[tuple[str, int]] = (),
     if has_truth:
         versus = versus_reference(summary)
         if not versus.empty:
+            lines += ["## Headline", "",
+                      f"Per method: tau (mean over seeds) with its bootstrap 95 % interval over archs, the other ranking "
+                      f"metrics, the derived arch's ground truth, the search's multiply-adds (10^12) and wall minutes, "
+                      f"and tau's paired difference from `{REFERENCE}` (`yes`: the interval lies above 0).", "",
+                      markdown_table(headline_table(summary, versus)), ""]
             lines += [f"## Against the `{REFERENCE}` baseline", "",
                       f"Each ranking metric (mean over seeds) with its bootstrap 95 % interval over archs; "
                       f"`minus_{REFERENCE}`: "
@@ -316,10 +386,20 @@ def write_report(run_dir: str | Path, expected: Sequence[tuple[str, int]] = (),
     compute = compute_curves(summary)
     if not compute.empty and compute["epoch"].nunique() > 1:
         lines += ["## Ranking quality against compute", "",
-                  "tau at each ranked epoch (`--eval-every`) against the compute spent so far: images drawn from the "
-                  "search halves and the trial's CPU seconds, both without the ranking evaluations, whose own cost "
-                  "per evaluation is `ranking_cpu_s` (BN recalibration and validation of every evaluation arch).",
+                  "tau at each ranked epoch (`--eval-every`) against the compute spent so far: the search's "
+                  "multiply-adds in 10^12 (`search_tmacs`: every conv/linear forward, x3 where a backward follows), "
+                  "images drawn from the search halves and the trial's CPU seconds, all without the ranking "
+                  "evaluations, whose own cost per evaluation is `ranking_cpu_s` / `ranking_tmacs` (BN "
+                  "recalibration and validation of every evaluation arch).",
                   "", markdown_table(compute_table(compute)), ""]
+        bar = training_free_lines(summary).get(REFERENCE)
+        fit = log_compute_fit(compute, bar)
+        if not fit.empty:
+            lines += ["Where each curve heads: the least-squares line tau = a + b log10(multiply-adds) through every "
+                      "seed's ranked epochs (`slope_per_decade` ± its standard error), and where that line would reach "
+                      f"`{REFERENCE}`" + (f" ({bar:.3f})" if bar is not None else "") + " — an extrapolation by the "
+                      "stated factor beyond the measured compute, to be read with the fit's R².", "",
+                      markdown_table(fit), ""]
     per_trial = summary.drop(columns=["trial_dir"])
     if exp_space(run) == "darts":  # nothing ranked in this space
         per_trial = per_trial.drop(columns=[c for c in RANKING_COLUMNS if c in per_trial])
@@ -372,7 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.report", description="Rebuild a run's report.")
     parser.add_argument("run_dir", help="the --output directory of a harness.compare run")
     parser.add_argument("--table", action="store_true",
-                        help="only print the per-method Markdown table (mean ± std over seeds); write nothing")
+                        help="only print the per-method Markdown table (with ground truth: tau with its bootstrap "
+                             "interval, the other ranking metrics, compute, and the paired difference from params; "
+                             "without: mean ± std over seeds); write nothing")
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     if not (run_dir / "trials").is_dir():
@@ -380,7 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     if args.table:
-        print(markdown_table(aggregate(collect(run_dir.resolve()))))
+        summary = collect(run_dir.resolve())
+        table = headline_table(summary) if summary["kendall_tau"].notna().any() else pd.DataFrame()
+        print(markdown_table(table if not table.empty else aggregate(summary)))
         return 0
     summary = write_report(run_dir)
     print(format_table(summary))

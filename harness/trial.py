@@ -33,6 +33,7 @@ from harness.loop import LocalSession, RaySession, Session, TrialInterrupted, ru
 from harness.progress import line_printer
 from methods.base import SearchSetup
 from methods.registry import get_method
+from spaces.measure import MacMeter
 from spaces.nb201 import Arch, count_params
 
 FINAL_STATE = "final_state.pt"  # the searched method, kept with the trial's files (harness.score)
@@ -121,10 +122,12 @@ def prepare(exp: ExperimentConfig, method_name: str, seed: int, resolved: Mappin
                         calib=calib, valid=valid,
                         sample_batch=lambda n, s: random_batch(train_half, n, s, device=device, **norm),
                         progress=progress)
+    # a method's per-epoch step budget (0 or absent: the whole half every epoch), on both halves
+    cap = int(getattr(cfg, "epoch_images", 0) or 0)
     return Prepared(
         method=method_cls(cfg, setup), cfg=cfg, setup=setup, data=data,
-        train_batches=Batches(train_half, cfg.batch_size, seed=seed, device=device, **norm),
-        valid_batches=Batches(valid_half, cfg.batch_size, seed=seed + 7919, device=device, **norm),
+        train_batches=Batches(train_half, cfg.batch_size, seed=seed, device=device, epoch_images=cap, **norm),
+        valid_batches=Batches(valid_half, cfg.batch_size, seed=seed + 7919, device=device, epoch_images=cap, **norm),
         train_half=len(train_half), valid_half=len(valid_half),
     )
 
@@ -167,18 +170,22 @@ def _run(config: dict[str, Any], exp: ExperimentConfig, method_name: str, seed: 
 
     def epoch(k: int) -> dict[str, Any]:
         t0, c0 = time.time(), time.process_time()
-        # the compute an epoch spends: images drawn from each half, and this process's CPU seconds
+        # the compute an epoch spends: images drawn from each half, this process's CPU seconds, and
+        # the multiply-adds processed (every conv/linear forward, x3 where a backward follows) —
+        # the measure the budgets equalise (docs/results.md, "Equal compute")
         train = Counted(maybe_faulty(p.train_batches, trial_dir, k))  # (+ the fault tests' worker kill)
         valid = Counted(p.valid_batches)
-        metrics = dict(method.train_epoch(train, valid))
+        with MacMeter() as meter:
+            metrics = dict(method.train_epoch(train, valid))
         metrics.update(epoch_s=time.time() - t0, cpu_s=time.process_time() - c0, train_images=train.images,
-                       valid_images=valid.images)
+                       valid_images=valid.images, search_macs=meter.total)
         if archs and (k == cfg.epochs or (exp.eval_every and k % exp.eval_every == 0)):
             t1, c1 = time.time(), time.process_time()
-            last["scores"] = method.score(archs)
+            with MacMeter() as rank_meter:
+                last["scores"] = method.score(archs)
             metrics.update(_ranking(last["scores"], context))
             # what ranking cost (BN recalibration + validation per arch), kept apart from the search's compute
-            metrics.update(rank_s=time.time() - t1, rank_cpu_s=time.process_time() - c1)
+            metrics.update(rank_s=time.time() - t1, rank_cpu_s=time.process_time() - c1, rank_macs=rank_meter.total)
         return metrics
 
     progress = run_epochs(session, trial_dir, cfg.epochs,
@@ -195,10 +202,21 @@ def _run(config: dict[str, Any], exp: ExperimentConfig, method_name: str, seed: 
     final.update({"epoch": cfg.epochs, "epochs": cfg.epochs, "done": True, "wall_s": progress.wall_s(),
                   "total_s": time.time() - started, "started_at": started, "finished_at": time.time(),
                   "device": device_name(p.setup.device), "host": socket.gethostname(), "pid": os.getpid(),
-                  "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")})  # Ray's GPU ids
+                  "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # Ray's GPU ids
+                  **_search_compute(progress.history)})
     write_json(trial_dir / "result.json", json_safe(final))
     session.report(json_safe(final), None)
     return final
+
+
+def _search_compute(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The whole search's compute, summed over its epochs (ranking evaluations excluded)."""
+    def total(key: str) -> float | None:
+        values = [float(h[key]) for h in history if h.get(key) is not None and np.isfinite(float(h[key]))]
+        return sum(values) if values else None
+
+    return {"search_macs": total("search_macs"), "search_cpu_s": total("cpu_s"),
+            "images_seen": (total("train_images") or 0) + (total("valid_images") or 0) if history else None}
 
 
 def _finish(method: Any, method_name: str, seed: int, exp: ExperimentConfig, num_classes: int, context: RunContext,
@@ -207,7 +225,8 @@ def _finish(method: Any, method_name: str, seed: int, exp: ExperimentConfig, num
     if context.truth is not None:
         table["truth"] = context.truth
     table.to_csv(trial_dir / "scores.csv", index=False)
-    derived = method.derive()
+    with MacMeter() as meter:  # deriving can be a search of its own (SPOS's evolution)
+        derived = method.derive()
     derived_truth = (context.truth_of_all or {}).get(derived.to_str())
     # the derived arch's size at this run's width, depth and classes (the benchmark's own size,
     # C=16 N=5, is what `params` ranks by; both are recorded)
@@ -221,7 +240,7 @@ def _finish(method: Any, method_name: str, seed: int, exp: ExperimentConfig, num
         write_json(trial_dir / "method.json", json_safe(extras()))
     result = {"method": method_name, "seed": seed, "derived_arch": derived.to_str(),
               "derived_truth": derived_truth, "derived_params": params,
-              "n_archs": len(archs), "n_unique": int(sum(context.unique_mask))}
+              "n_archs": len(archs), "n_unique": int(sum(context.unique_mask)), "derive_macs": meter.total}
     result.update(_ranking(scores, context))
     return result
 

@@ -67,6 +67,7 @@ PHASES = ("weights", "arch", "finetune")
 class DNALConfig:
     epochs: int = 60                 # weight epochs (the rest) + arch_epochs + finetune_epochs
     batch_size: int = 64
+    epoch_images: int = 0            # images per epoch from each search half at most (0 = all)
     arch_epochs: int = 10
     finetune_epochs: int = 0
     gate_level: str = "channel"      # 'channel' (one α per channel) or 'op' (one α per edge-op)
@@ -133,10 +134,10 @@ class DNALConfig:
         if budget == "paper":
             return cls()
         if budget == "cpu":
-            # Measured at C=16, N=1, batch 64 on CPU: an all-ops weight step costs ~4 single-path
-            # steps, a gated arch step ~3.4. 3 weight + 2 arch epochs ≈ 19 single-path epochs,
-            # about 1.25× SPOS's cpu preset (15) — the ~3 CPU-minute budget on 10k images.
-            return cls(epochs=5, arch_epochs=2)
+            # Equal compute (CPU_SEARCH_MACS, 1e13 multiply-adds): an all-ops weight step ~165M
+            # per image (forward + backward), a gated arch step ~148M: 3 weight + 2 arch epochs are
+            # ~0.79e9 per image of an epoch (measured 5.06e12 at 6,400), so 12,608 images.
+            return cls(epochs=5, epoch_images=12608, arch_epochs=2)
         if budget == "smoke":
             return cls(epochs=3, arch_epochs=2)
         raise ValueError(f"unknown budget {budget!r}; budgets: {', '.join(BUDGETS)}")

@@ -97,6 +97,7 @@ _EPS = 1e-9
 class HOPNASConfig:
     epochs: int = 250
     batch_size: int = 64
+    epoch_images: int = 0            # images per epoch from each search half at most (0 = all)
     lr: float = 0.025
     lr_min: float = 0.001
     momentum: float = 0.9
@@ -178,12 +179,13 @@ class HOPNASConfig:
         if budget == "paper":
             return cls()
         if budget == "cpu":
-            # An all-ops step costs ~3.4 SPOS steps: 5 epochs ~ SPOS's 15. Warm-up 3 epochs, then the
-            # 12 prune events inside the last 2 epochs (training in between). Importance (72
-            # all-ops evaluations per run) on 256 calibration + 512 validation images: ~1-2 min.
+            # Equal compute (CPU_SEARCH_MACS, 1e13 multiply-adds): the 72 importance evaluations
+            # (256 calibration + 512 validation images each) cost ~2.2e12 whatever the data, the
+            # training ~0.82e9 per image of an epoch (5 epochs, all ops at ~165M per image until
+            # pruning starts; measured 5.35e12 in all at 3,840), so 9,600 images per epoch. Warm-up 3 epochs, then the 12 prune events inside the last 2 epochs.
             # Scored by one-shot loss: at laptop budgets one-shot accuracy ranks poorly (SPOS on the
             # development sample, arch seed 0: tau -0.18 by accuracy; ANCHORS.md: 0.15 vs 0.34).
-            return cls(epochs=5, warmup_frac=0.6, ramp_frac=0.6, importance_calib_images=256,
+            return cls(epochs=5, epoch_images=9600, warmup_frac=0.6, ramp_frac=0.6, importance_calib_images=256,
                        importance_valid_images=512, score_by="oneshot_loss")
         if budget == "smoke":
             return cls(epochs=3, warmup_frac=1 / 3, ramp_frac=1 / 3, importance_calib_images=32,

@@ -67,6 +67,7 @@ _EPS = 1e-9
 class NAPConfig:
     epochs: int = 50
     batch_size: int = 64
+    epoch_images: int = 0            # images per epoch from each search half at most (0 = all)
     lr: float = 0.025
     lr_min: float = 0.001
     momentum: float = 0.9
@@ -127,9 +128,14 @@ class NAPConfig:
     def preset(cls, budget: str) -> "NAPConfig":
         if budget == "paper":
             return cls()
-        if budget in ("cpu", "smoke"):
-            # cpu: two all-ops passes per batch cost ~6 SPOS steps, so 4 epochs ~ 3-5 CPU-minutes.
+        if budget == "cpu":
+            # Equal compute (CPU_SEARCH_MACS, 1e13 multiply-adds): a warm-up image costs ~165M
+            # (all ops, forward + backward), a later epoch's train + valid pair ~330M (pruning the
+            # parameter-free ops first saves little): ~1.1e9 per image of an epoch (measured
+            # 5.62e12 at 5,120), so 9,088 images (142 batches) per epoch.
             # One warm-up epoch, then a prune after each later epoch: 4 -> 3 -> 2 -> 1.
+            return cls(epochs=4, epoch_images=9088, warmup_frac=0.25, prune_at=(0.5, 0.75, 1.0))
+        if budget == "smoke":
             return cls(epochs=4, warmup_frac=0.25, prune_at=(0.5, 0.75, 1.0))
         raise ValueError(f"unknown budget {budget!r}; budgets: {', '.join(BUDGETS)}")
 

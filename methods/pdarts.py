@@ -69,6 +69,7 @@ LOGSM_FLOOR = -99.0
 class PDARTSConfig:
     epochs: int = 75                              # split evenly over the stages (25 each)
     batch_size: int = 96
+    epoch_images: int = 0            # images per epoch from each search half at most (0 = all)
     stage_cells: tuple[int, ...] = (1, 3, 5)      # cells per NB201 stage, per search stage
     stage_ops: tuple[int, ...] = (5, 3, 2)        # alive ops per edge (with `none`) in each stage
     dropout_rates: tuple[float, ...] = (0.0, 0.4, 0.7)  # skip dropout base rate per stage (CIFAR-10)
@@ -148,10 +149,11 @@ class PDARTSConfig:
         if budget == "cpu":
             # The smallest schedule that keeps every phase: 2 epochs per stage (1 warm-up + 1 with
             # α steps) at one cell per stage (the depth progression is dropped at this budget).
-            # Measured at C=16, batch 64 on CPU it costs ~28 single-path epochs, i.e. about 2×
-            # SPOS's cpu preset (15 epochs, ~3 CPU-minutes on 10k images): an α step plus a weight
-            # step over all alive ops is ~7 single-path steps in stage 1.
-            return cls(epochs=6, stage_cells=(1, 1, 1))
+            # Equal compute (CPU_SEARCH_MACS, 1e13 multiply-adds): per image of an epoch, each
+            # stage costs a warm-up pass plus a weight and an α pass over its alive ops, ~165M,
+            # ~163M and ~134M per pass (forward + backward; the parameter-free ops go first):
+            # ~1.39e9 in all (measured 8.64e12 at 6,240), so 7,200 images (75 batches of 96).
+            return cls(epochs=6, epoch_images=7200, stage_cells=(1, 1, 1))
         if budget == "smoke":
             # every stage and phase happens (2 epochs per stage, 1 warm-up); the last stage is
             # deeper so the rebuild at a new depth is exercised.

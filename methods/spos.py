@@ -46,6 +46,7 @@ from spaces.nb201 import NUM_EDGES, OPS, Arch, SuperNet, path_plan, random_arch
 class SPOSConfig:
     epochs: int = 250
     batch_size: int = 64
+    epoch_images: int = 0            # images per epoch from each search half at most (0 = all)
     lr: float = 0.025
     lr_min: float = 0.001
     momentum: float = 0.9
@@ -73,11 +74,13 @@ class SPOSConfig:
         if budget == "paper":
             return cls()
         if budget == "cpu":
-            # ~2 CPU-minutes of training on a 5k-image half; evolution kept small because
-            # every fitness call costs a BN recalibration (~2 s on one core). Scored by one-shot
-            # loss: on the development sample (arch seed 0) one-shot accuracy gave tau -0.18 after
-            # 15 epochs, and ANCHORS.md's laptop calibration found loss the better score (0.34 vs 0.15).
-            return cls(epochs=15, score_by="loss", population=10, generations=3, parents=5, mutants=5,
+            # The equal-compute budget (CPU_SEARCH_MACS, 1e13 multiply-adds): a single-path step
+            # processes ~52M per image (forward + backward, C=16 N=1; measured 5.17e12 for 4
+            # epochs), so 8 epochs of the full 25k half are ~1.03e13. Evolution kept small because every fitness call costs a BN
+            # recalibration. Scored by one-shot loss: on the development sample (arch seed 0)
+            # one-shot accuracy gave tau -0.18 after 15 epochs of 5k images, and ANCHORS.md's laptop
+            # calibration found loss the better score (0.34 vs 0.15).
+            return cls(epochs=8, score_by="loss", population=10, generations=3, parents=5, mutants=5,
                        crossovers=5)
         if budget == "smoke":
             return cls(epochs=2, population=6, generations=2, parents=3, mutants=3, crossovers=3)

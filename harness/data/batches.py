@@ -154,6 +154,11 @@ class Batches:
     ``cutout > 0`` zeroes one ``cutout``-sided square per training image after normalisation
     (centre uniform over the image, clipped at the borders), as DARTS's CIFAR recipe does.
 
+    ``epoch_images > 0`` caps every pass at that many images (whole batches): each pass is the
+    first ``epoch_images`` of a fresh permutation of the whole set, so a capped run keeps seeing
+    new images of the full half from pass to pass instead of one fixed subset (a per-epoch step
+    budget, not a smaller dataset).
+
     Each ``iter()`` draws the whole epoch's randomness up front (order, crop offsets, flips, cutout centres),
     so the generator state after starting an epoch does not depend on how many of its batches
     were consumed: ``state_dict()`` taken at any point of an epoch makes a resumed run draw the
@@ -162,7 +167,12 @@ class Batches:
 
     def __init__(self, data: ImageSet, batch_size: int, *, mean: Sequence[float], std: Sequence[float],
                  shuffle: bool = True, augment: bool = True, drop_last: bool = True, seed: int = 0,
-                 device: torch.device | str = "cpu", cutout: int = 0) -> None:
+                 device: torch.device | str = "cpu", cutout: int = 0, epoch_images: int = 0) -> None:
+        if epoch_images < 0:
+            raise DataError(f"epoch_images must be >= 0 (0 = the whole set every pass), got {epoch_images}")
+        if 0 < epoch_images < batch_size:
+            raise DataError(f"epoch_images {epoch_images} is below the batch size {batch_size}: a pass would "
+                            "yield no batch; raise epoch_images or lower the batch size.")
         if cutout < 0:
             raise DataError(f"cutout must be >= 0 (0 = off), got {cutout}")
         if batch_size < 1:
@@ -182,12 +192,16 @@ class Batches:
         self.drop_last = drop_last
         self.pad = 4
         self.cutout = int(cutout)
+        self.epoch_images = int(epoch_images)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self.epochs = 0
 
     def __len__(self) -> int:
         n = len(self.data)
+        if self.epoch_images:
+            n = min(n, self.epoch_images)
+            return n // self.batch_size if self.drop_last or n < len(self.data) else math.ceil(n / self.batch_size)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
