@@ -107,6 +107,19 @@ def sgd(params_or_model: nn.Module, lr: float, momentum: float, weight_decay: fl
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
 
 
+def first_images(batches: Sequence[Batch], n: int) -> list[Batch]:
+    """The first ``n`` images of a list of batches (all of them when ``n == 0``)."""
+    if n <= 0:
+        return list(batches)
+    out, left = [], n
+    for x, y in batches:
+        if left <= 0:
+            break
+        out.append((x[:left], y[:left]) if x.shape[0] > left else (x, y))
+        left -= x.shape[0]
+    return out
+
+
 def cosine_lr(epoch: int, total: int, lr_max: float, lr_min: float) -> float:
     """Cosine annealing from ``lr_max`` at epoch 0 to ``lr_min`` at ``total``."""
     if total <= 0:

@@ -76,7 +76,7 @@ from methods.base import (
     SearchSetup,
     Ticker,
     check_finite,
-    cosine_lr,
+    first_images,
     one_shot_eval,
     one_shot_scores,
     preserved_bn_statistics,
@@ -84,6 +84,7 @@ from methods.base import (
     set_lr,
     sgd,
 )
+from methods.schedules import HOPNASSchedule, dropout_plans
 from spaces.nb201 import NONE, NUM_EDGES, OPS, Arch, SuperNet, Term, edge_name
 
 CANDIDATES = tuple(range(1, len(OPS)))          # the summed ops: every op but `none`
@@ -94,7 +95,9 @@ _EPS = 1e-9
 
 
 @dataclass(frozen=True)
-class HOPNASConfig:
+class HOPNASConfig(HOPNASSchedule):
+    N_CANDIDATES: ClassVar[int] = len(CANDIDATES)
+
     epochs: int = 250
     batch_size: int = 64
     epoch_images: int = 0            # images per epoch from each search half at most (0 = all)
@@ -123,56 +126,22 @@ class HOPNASConfig:
     score_by: str = "oneshot_acc"    # 'oneshot_acc' | 'oneshot_loss' | 'elimination'
 
     def __post_init__(self) -> None:
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, got {self.epochs!r}")
+        self.check_schedule()
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
-        if not 0.0 <= self.drop_rate < 1.0:
-            raise ValueError(f"drop_rate (the all-drop probability of an edge) must be in [0, 1), got {self.drop_rate}")
-        for name in ("ramp_frac", "prune_every_frac"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} is a fraction of epochs in [0, 1], got {getattr(self, name)}")
-        if not 0.0 < self.warmup_frac <= 1.0:
-            raise ValueError(f"warmup_frac is a fraction of epochs in (0, 1] (the snapshot needs training), "
-                             f"got {self.warmup_frac}")
-        if self.importance_calib_images < 0 or self.importance_valid_images < 0:
-            raise ValueError("importance_calib_images / importance_valid_images cap the images of the fixed "
-                             "scoring sets used for importance (0 = all of them); they cannot be negative")
-        if self.ghost_batch < 0:
-            raise ValueError(f"ghost_batch must be >= 0 (0 = per-sample draws), got {self.ghost_batch}")
-        if self.lr_anneal not in ("warmup", "all"):
-            raise ValueError(f"lr_anneal must be 'warmup' or 'all', got {self.lr_anneal!r}")
+        if not 0.0 <= self.prune_every_frac <= 1.0:
+            raise ValueError(f"prune_every_frac is a fraction of epochs in [0, 1], got {self.prune_every_frac}")
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
-        if self.importance_by not in ("loss", "acc"):
-            raise ValueError(f"importance_by must be 'loss' or 'acc', got {self.importance_by!r}")
         if self.score_by not in ("oneshot_acc", "oneshot_loss", "elimination"):
             raise ValueError(f"score_by must be 'oneshot_acc', 'oneshot_loss' or 'elimination', got {self.score_by!r}")
-        if self.lr <= 0 or self.lr_min < 0 or self.lr_min > self.lr:
-            raise ValueError(f"need 0 <= lr_min <= lr and lr > 0, got lr={self.lr}, lr_min={self.lr_min}")
 
     # -- the schedule, always computed from `epochs` (the harness may override it)
-    @property
-    def warmup_epochs(self) -> int:
-        return min(self.epochs, max(1, int(math.floor(self.warmup_frac * self.epochs + 0.5))))
-
     def event_times(self) -> tuple[float, ...]:
         """Training progress (in epochs) at which each of the 12 prune events fires."""
         w, e = self.warmup_epochs, self.epochs
         step = self.prune_every_frac * e if self.prune_every_frac > 0 else (e - w) / (NUM_EVENTS - 1)
         return tuple(w + i * step for i in range(NUM_EVENTS))
-
-    def all_drop_prob(self, t: float) -> float:
-        """Target probability that all alive ops of an edge drop, at training progress ``t`` epochs."""
-        ramp = self.ramp_frac * self.epochs
-        return self.drop_rate * (1.0 if ramp <= 0 else min(1.0, max(t, 0.0) / ramp))
-
-    def op_drop_prob(self, k: int, t: float) -> float:
-        """Per-op drop probability on an edge with ``k`` alive ops at progress ``t``."""
-        big_p = self.all_drop_prob(t)
-        if k <= 0 or big_p <= 0:
-            return 0.0
-        return big_p ** (1.0 / (k if self.renormalise else len(CANDIDATES)))
 
     @classmethod
     def preset(cls, budget: str) -> "HOPNASConfig":
@@ -191,19 +160,6 @@ class HOPNASConfig:
             return cls(epochs=3, warmup_frac=1 / 3, ramp_frac=1 / 3, importance_calib_images=32,
                        importance_valid_images=32)
         raise ValueError(f"unknown budget {budget!r}; budgets: {', '.join(BUDGETS)}")
-
-
-def _first_images(batches: Sequence[Batch], n: int) -> list[Batch]:
-    """The first ``n`` images of a list of batches (all of them when ``n == 0``)."""
-    if n <= 0:
-        return list(batches)
-    out, left = [], n
-    for x, y in batches:
-        if left <= 0:
-            break
-        out.append((x[:left], y[:left]) if x.shape[0] > left else (x, y))
-        left -= x.shape[0]
-    return out
 
 
 def _stages(order: str) -> tuple[tuple[str, int], ...]:
@@ -278,35 +234,13 @@ class HOPNAS:
         if drawn is None:
             return self.static_plan()
         keep, rates = drawn
-        device = self.setup.device
         scale = (1.0 / (1.0 - rates)) if self.cfg.rescale else torch.ones_like(rates)
-        coefs = (keep.to(torch.float32) * scale.view(1, NUM_EDGES, 1, 1).to(torch.float32)).to(device)
-        kept_all, kept_any = keep.all(-1).tolist(), keep.any(-1).tolist()
-        plans = []
-        for c in range(self.supernet.num_cells):
-            cell = []
-            for e in range(NUM_EDGES):
-                terms = []
-                for o in self.alive_ops(e):
-                    if not kept_any[c][e][o]:
-                        continue  # dropped for every sample: never run it
-                    coef: float | torch.Tensor | None
-                    if kept_all[c][e][o]:
-                        coef = None if not self.cfg.rescale else float(scale[e])
-                    else:
-                        coef = coefs[c, e, o].view(batch, 1, 1, 1)
-                    terms.append(Term(o, coef))
-                cell.append(terms)
-            plans.append(cell)
-        return plans
+        return dropout_plans(keep, scale.expand(keep.shape[0], NUM_EDGES), lambda _c, e: self.alive_ops(e),
+                             self.cfg.rescale, self.setup.device)
 
     # ------------------------------------------------------------------ training
     def lr_at(self, epoch: int) -> float:
-        cfg = self.cfg
-        if cfg.lr_anneal == "all":
-            return cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.lr_min)
-        w = cfg.warmup_epochs
-        return cosine_lr(epoch, w, cfg.lr, cfg.lr_min) if epoch < w else cfg.lr_min
+        return self.cfg.lr_at(epoch)
 
     def train_epoch(self, train: Iterable[Batch], valid: Iterable[Batch]) -> dict[str, float]:
         cfg = self.cfg
@@ -366,8 +300,8 @@ class HOPNAS:
 
         ``ticker`` reports the evaluations done (the unmasked one, then one per candidate).
         """
-        calib = _first_images(self.setup.calib, self.cfg.importance_calib_images)
-        valid = _first_images(self.setup.valid, self.cfg.importance_valid_images)
+        calib = first_images(self.setup.calib, self.cfg.importance_calib_images)
+        valid = first_images(self.setup.valid, self.cfg.importance_valid_images)
         if not valid:
             raise ValueError("HOPNAS measures importance on SearchSetup.valid, which is empty: give the "
                              "setup fixed validation (and calibration) batches")

@@ -35,7 +35,6 @@ reconstruction (METHODS.md, "NAP"). Tags below say what comes from the published
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Iterable, Sequence
 
@@ -57,14 +56,17 @@ from methods.base import (
     sgd,
     table_scores,
 )
+from methods.schedules import NAPSchedule
 from spaces.nb201 import NONE, NUM_EDGES, OPS, Arch, SuperNet, edge_name, weighted_plan
 
 CANDIDATES = tuple(range(1, len(OPS)))  # ops that have a strength: every op but `none`
-_EPS = 1e-9
 
 
 @dataclass(frozen=True)
-class NAPConfig:
+class NAPConfig(NAPSchedule):
+    N_CANDIDATES: ClassVar[int] = len(CANDIDATES)
+    SPACE: ClassVar[str] = "NB201"
+
     epochs: int = 50
     batch_size: int = 64
     epoch_images: int = 0            # images per epoch from each search half at most (0 = all)
@@ -84,45 +86,14 @@ class NAPConfig:
     score_by: str = "strength"                 # 'strength' | 'elimination'
 
     def __post_init__(self) -> None:
-        # JSON / the CLI may hand tuples over as lists of strings: normalise to float tuples.
-        try:
-            object.__setattr__(self, "arch_betas", tuple(float(b) for b in self.arch_betas))
-            object.__setattr__(self, "prune_at", tuple(float(f) for f in self.prune_at))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"arch_betas and prune_at are sequences of numbers ({err})") from None
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, got {self.epochs!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
-        if len(self.arch_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.arch_betas):
-            raise ValueError(f"arch_betas must be two numbers in [0, 1), got {self.arch_betas}")
-        if not 0.0 <= self.warmup_frac < 1.0:
-            raise ValueError(f"warmup_frac is a fraction of epochs in [0, 1), got {self.warmup_frac}")
-        if len(self.prune_at) > len(CANDIDATES) - 1:
-            raise ValueError(f"an NB201 edge has {len(CANDIDATES)} ops, so at most {len(CANDIDATES) - 1} "
-                             f"prune events; got prune_at={self.prune_at}")
-        if any(not self.warmup_frac < f <= 1.0 for f in self.prune_at):
-            raise ValueError(f"prune_at are fractions of epochs in (warmup_frac={self.warmup_frac}, 1]: the "
-                             f"strengths must train before a prune; got {self.prune_at}")
-        if list(self.prune_at) != sorted(self.prune_at):
-            raise ValueError(f"prune_at must be non-decreasing, got {self.prune_at}")
+        self.check_schedule()
         if self.edge_threshold < 0:
             raise ValueError(f"edge_threshold must be >= 0 (a non-positive survivor is always `none`), "
                              f"got {self.edge_threshold}")
         if self.score_by not in ("strength", "elimination"):
             raise ValueError(f"score_by must be 'strength' or 'elimination', got {self.score_by!r}")
-        if self.lr <= 0 or self.lr_min < 0 or self.lr_min > self.lr or self.arch_lr <= 0:
-            raise ValueError(f"need lr > 0, 0 <= lr_min <= lr and arch_lr > 0; got lr={self.lr}, "
-                             f"lr_min={self.lr_min}, arch_lr={self.arch_lr}")
-
-    # -- the schedule, always computed from `epochs` (the harness may override it)
-    @property
-    def warmup_epochs(self) -> int:
-        return int(math.floor(self.warmup_frac * self.epochs + _EPS))
-
-    def prune_epochs(self) -> tuple[int, ...]:
-        """After how many completed epochs each prune event fires (1..epochs)."""
-        return tuple(min(self.epochs, max(1, math.ceil(f * self.epochs - _EPS))) for f in self.prune_at)
 
     @classmethod
     def preset(cls, budget: str) -> "NAPConfig":

@@ -59,6 +59,7 @@ from torch import nn
 from common.config import BUDGETS
 from methods.base import Batch, Meter, SearchSetup, check_finite, cosine_lr, set_lr, sgd, table_scores, cycle
 from methods.base import Ticker, length_or_none
+from methods.schedules import PDARTSSchedule
 from spaces.nb201 import EDGES, NONE, NUM_EDGES, OPS, SKIP, Arch, SuperNet, Term
 
 LEVEL_SCALE = 100.0
@@ -66,7 +67,11 @@ LOGSM_FLOOR = -99.0
 
 
 @dataclass(frozen=True)
-class PDARTSConfig:
+class PDARTSConfig(PDARTSSchedule):
+    NUM_OPS: ClassVar[int] = len(OPS)
+    MIN_LAST_OPS: ClassVar[int] = 1
+    EXAMPLE_CELLS: ClassVar[str] = "(1, 3, 5)"
+
     epochs: int = 75                              # split evenly over the stages (25 each)
     batch_size: int = 96
     epoch_images: int = 0            # images per epoch from each search half at most (0 = all)
@@ -90,57 +95,11 @@ class PDARTSConfig:
     score_by: str = "level"                       # 'level' or 'stage1'
 
     def __post_init__(self) -> None:
-        n = len(self.stage_cells)
-        if n < 1:
-            raise ValueError("stage_cells needs at least one stage, e.g. (1, 3, 5)")
-        if len(self.stage_ops) != n or len(self.dropout_rates) != n:
-            raise ValueError(f"stage_cells {self.stage_cells}, stage_ops {self.stage_ops} and dropout_rates "
-                             f"{self.dropout_rates} must have one entry per stage (same length)")
         if any(int(c) != c or c < 1 for c in self.stage_cells):
             raise ValueError(f"stage_cells must be positive ints, got {self.stage_cells}")
-        if self.stage_ops[0] != len(OPS):
-            raise ValueError(f"the first stage searches all {len(OPS)} ops: stage_ops[0] must be "
-                             f"{len(OPS)}, got {self.stage_ops}")
-        if any(b > a or b < 1 for a, b in zip(self.stage_ops, self.stage_ops[1:])) or self.stage_ops[-1] < 1:
-            raise ValueError(f"stage_ops must be non-increasing and >= 1, got {self.stage_ops}")
-        if any(not 0.0 <= p < 1.0 for p in self.dropout_rates):
-            raise ValueError(f"dropout_rates must be in [0, 1), got {self.dropout_rates}")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if self.epochs < n:
-            raise ValueError(f"P-DARTS needs at least one epoch per stage: epochs={self.epochs} < "
-                             f"{n} stages; raise epochs (the paper runs 25 per stage)")
-        if self.skip_cap < 0:
-            raise ValueError(f"skip_cap must be >= 0, got {self.skip_cap}")
+        self.check_schedule()
         if self.score_by not in ("level", "stage1"):
             raise ValueError(f"score_by must be 'level' or 'stage1', got {self.score_by!r}")
-        if self.alpha_init_std < 0:
-            raise ValueError(f"alpha_init_std must be >= 0, got {self.alpha_init_std}")
-
-    @property
-    def num_stages(self) -> int:
-        return len(self.stage_cells)
-
-    @property
-    def stage_epochs(self) -> tuple[int, ...]:
-        base, rem = divmod(self.epochs, self.num_stages)
-        return tuple(base + (1 if s >= self.num_stages - rem else 0) for s in range(self.num_stages))
-
-    @property
-    def warmup_epochs(self) -> tuple[int, ...]:
-        out = []
-        for s in self.stage_epochs:
-            w = math.floor(self.warmup_fraction * s + 0.5)
-            out.append(max(0, min(w, s - 1)))
-        return tuple(out)
-
-    def skip_drop_rate(self, stage: int, epoch: int) -> float:
-        """Skip-dropout rate at 0-based ``epoch`` of 0-based ``stage`` (the released code's schedule)."""
-        p0 = float(self.dropout_rates[stage])
-        total, warm = self.stage_epochs[stage], self.warmup_epochs[stage]
-        if epoch < warm:
-            return p0 * (total - epoch - 1) / total
-        return p0 * math.exp(-self.dropout_decay * (epoch - warm))
 
     @classmethod
     def preset(cls, budget: str) -> "PDARTSConfig":

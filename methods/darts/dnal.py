@@ -50,7 +50,8 @@ from common.config import BUDGETS
 from methods.base import Batch, Meter, SearchSetup, Ticker, cosine_lr, length_or_none, set_lr, sgd
 from methods.darts.common import (NUM_OPS, best_op, cell_channel_counts, check_layers, edge_name, make_genotype,
                                   table_dict, top2_per_node, weight_step)
-from methods.gates import ScaledSigmoidGate, continuation_delta, gate_parameters, total_penalty
+from methods.gates import ScaledSigmoidGate, gate_parameters, total_penalty
+from methods.schedules import DNALSchedule, check_epoch_cap
 from spaces.darts import CELL_TYPES, NONE, NUM_EDGES, PRIMITIVES, Genotype, SuperNet
 from spaces.plan import Term
 
@@ -59,7 +60,7 @@ PHASES = ("weights", "arch", "finetune")
 
 
 @dataclass(frozen=True)
-class DartsDNALConfig:
+class DartsDNALConfig(DNALSchedule):
     epochs: int = 60                 # weight epochs (the rest) + arch_epochs + finetune_epochs
     batch_size: int = 64
     max_batches: int = 0                 # batches per epoch at most (0 = all the harness gives)
@@ -84,44 +85,8 @@ class DartsDNALConfig:
 
     def __post_init__(self) -> None:
         check_layers(self.layers, "layers")
-        if self.gate_level not in ("channel", "op"):
-            raise ValueError(f"gate_level must be 'channel' or 'op', got {self.gate_level!r}")
-        if self.arch_bn not in ("batch", "frozen"):
-            raise ValueError(f"arch_bn must be 'batch' or 'frozen', got {self.arch_bn!r}")
-        if self.arch_epochs < 1:
-            raise ValueError(f"DNAL needs arch_epochs >= 1 (the δ continuation), got {self.arch_epochs}")
-        if self.finetune_epochs < 0:
-            raise ValueError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
-        if self.weight_epochs < 1:
-            raise ValueError(f"DNAL epochs={self.epochs} leaves no weight-training epoch: it needs epochs >= "
-                             f"arch_epochs ({self.arch_epochs}) + finetune_epochs ({self.finetune_epochs}) + 1")
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if not 0.0 < self.delta_start <= self.delta_end:
-            raise ValueError(f"need 0 < delta_start <= delta_end, got {self.delta_start}, {self.delta_end}")
-        if self.max_batches < 0:
-            raise ValueError(f"max_batches must be >= 0 (0 = no cap), got {self.max_batches}")
-        if self.penalty < 0:
-            raise ValueError(f"penalty (λ) must be >= 0, got {self.penalty}")
-
-    @property
-    def weight_epochs(self) -> int:
-        return self.epochs - self.arch_epochs - self.finetune_epochs
-
-    def phase_of(self, epoch: int) -> tuple[str, int]:
-        """Phase of 0-based global ``epoch`` and the 1-based epoch number inside that phase."""
-        if not 0 <= epoch < self.epochs:
-            raise ValueError(f"epoch {epoch} outside [0, {self.epochs})")
-        if epoch < self.weight_epochs:
-            return "weights", epoch + 1
-        epoch -= self.weight_epochs
-        if epoch < self.arch_epochs:
-            return "arch", epoch + 1
-        return "finetune", epoch - self.arch_epochs + 1
-
-    def delta_at(self, arch_epoch: int) -> float:
-        """δ during arch epoch ``arch_epoch`` (1-based); ``delta_at(0)`` is ``delta_start``."""
-        return continuation_delta(arch_epoch, self.arch_epochs, self.delta_start, self.delta_end)
+        check_epoch_cap(self.max_batches)
+        self.check_schedule()
 
     @classmethod
     def preset(cls, budget: str) -> "DartsDNALConfig":

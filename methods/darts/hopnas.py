@@ -48,11 +48,11 @@ import torch
 import torch.nn.functional as F
 
 from common.config import BUDGETS
-from methods.base import (Batch, Meter, SearchSetup, Ticker, check_finite, cosine_lr, length_or_none,
+from methods.base import (Batch, Meter, SearchSetup, Ticker, check_finite, first_images, length_or_none,
                           one_shot_eval, preserved_bn_statistics, set_lr, sgd)
 from methods.darts.common import NODE_EDGES, NODES, check_layers, edge_name, make_genotype
 from methods.darts.paths import CANDIDATES, genotype_scores
-from methods.hopnas import _first_images
+from methods.schedules import HOPNASSchedule, dropout_plans
 from spaces.darts import CELL_TYPES, NONE, NUM_EDGES, PRIMITIVES, Genotype, SuperNet
 from spaces.plan import Term
 
@@ -61,7 +61,9 @@ _EPS = 1e-9
 
 
 @dataclass(frozen=True)
-class DartsHOPNASConfig:
+class DartsHOPNASConfig(HOPNASSchedule):
+    N_CANDIDATES: ClassVar[int] = len(CANDIDATES)
+
     epochs: int = 250
     layers: int = 8
     batch_size: int = 64
@@ -86,28 +88,11 @@ class DartsHOPNASConfig:
 
     def __post_init__(self) -> None:
         check_layers(self.layers, "layers")
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, got {self.epochs!r}")
-        if not 0.0 <= self.drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
-        if not 0.0 <= self.ramp_frac <= 1.0:
-            raise ValueError(f"ramp_frac must be in [0, 1], got {self.ramp_frac}")
-        if not 0.0 < self.warmup_frac <= 1.0:
-            raise ValueError(f"warmup_frac must be in (0, 1], got {self.warmup_frac}")
+        self.check_schedule()
         if self.ops_per_event < 1:
             raise ValueError(f"ops_per_event must be >= 1, got {self.ops_per_event}")
-        if self.ghost_batch < 0 or self.importance_calib_images < 0 or self.importance_valid_images < 0:
-            raise ValueError("ghost_batch / importance_*_images cannot be negative")
-        if self.lr_anneal not in ("warmup", "all"):
-            raise ValueError(f"lr_anneal must be 'warmup' or 'all', got {self.lr_anneal!r}")
-        if self.importance_by not in ("loss", "acc"):
-            raise ValueError(f"importance_by must be 'loss' or 'acc', got {self.importance_by!r}")
         if self.score_by not in ("oneshot_acc", "oneshot_loss"):
             raise ValueError(f"score_by must be 'oneshot_acc' or 'oneshot_loss', got {self.score_by!r}")
-
-    @property
-    def warmup_epochs(self) -> int:
-        return min(self.epochs, max(1, int(math.floor(self.warmup_frac * self.epochs + 0.5))))
 
     def stages(self) -> list[tuple[str, int]]:
         """One entry per prune event: ("edges", node) or ("ops", node)."""
@@ -124,16 +109,6 @@ class DartsHOPNASConfig:
         w, e, k = self.warmup_epochs, self.epochs, self.num_events()
         step = (e - w) / (k - 1) if k > 1 else 0.0
         return tuple(w + i * step for i in range(k))
-
-    def all_drop_prob(self, t: float) -> float:
-        ramp = self.ramp_frac * self.epochs
-        return self.drop_rate * (1.0 if ramp <= 0 else min(1.0, max(t, 0.0) / ramp))
-
-    def op_drop_prob(self, k: int, t: float) -> float:
-        big_p = self.all_drop_prob(t)
-        if k <= 0 or big_p <= 0:
-            return 0.0
-        return big_p ** (1.0 / (k if self.renormalise else len(CANDIDATES)))
 
     @classmethod
     def preset(cls, budget: str) -> "DartsHOPNASConfig":
@@ -204,33 +179,12 @@ class DartsHOPNAS:
             keep = keep.repeat_interleave(g, dim=-1)[..., :batch]
         keep &= self.alive[self._cell_ct].view(cells, NUM_EDGES, NUM_OPS, 1)
         scale = (1.0 / (1.0 - cell_rates)) if self.cfg.rescale else torch.ones_like(cell_rates)
-        coefs = (keep.to(torch.float32) * scale.view(cells, NUM_EDGES, 1, 1).to(torch.float32)).to(self.setup.device)
-        kept_all, kept_any = keep.all(-1).tolist(), keep.any(-1).tolist()
-        plans = []
-        for c, ct in enumerate(self._cell_ct):
-            cell = []
-            for e in range(NUM_EDGES):
-                terms = []
-                for o in self.alive_ops(ct, e):
-                    if not kept_any[c][e][o]:
-                        continue
-                    coef: float | torch.Tensor | None
-                    if kept_all[c][e][o]:
-                        coef = None if not self.cfg.rescale else float(scale[c, e])
-                    else:
-                        coef = coefs[c, e, o].view(batch, 1, 1, 1)
-                    terms.append(Term(o, coef))
-                cell.append(terms)
-            plans.append(cell)
-        return plans
+        return dropout_plans(keep, scale, lambda c, e: self.alive_ops(self._cell_ct[c], e), self.cfg.rescale,
+                             self.setup.device)
 
     # ------------------------------------------------------------------ training
     def lr_at(self, epoch: int) -> float:
-        cfg = self.cfg
-        if cfg.lr_anneal == "all":
-            return cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.lr_min)
-        w = cfg.warmup_epochs
-        return cosine_lr(epoch, w, cfg.lr, cfg.lr_min) if epoch < w else cfg.lr_min
+        return self.cfg.lr_at(epoch)
 
     def train_epoch(self, train: Iterable[Batch], valid: Iterable[Batch]) -> dict[str, float]:
         cfg = self.cfg
@@ -276,8 +230,8 @@ class DartsHOPNAS:
                 ticker: Ticker | None = None) -> list[float]:
         """Importance of masking each ``(cell type index, edge, ops)``: dropout off, BN recalibrated."""
         base_alive = self.alive if alive is None else alive
-        calib = _first_images(self.setup.calib, self.cfg.importance_calib_images)
-        valid = _first_images(self.setup.valid, self.cfg.importance_valid_images)
+        calib = first_images(self.setup.calib, self.cfg.importance_calib_images)
+        valid = first_images(self.setup.valid, self.cfg.importance_valid_images)
         if not valid:
             raise ValueError("HOPNAS measures importance on SearchSetup.valid, which is empty")
         net = self.supernet

@@ -42,7 +42,6 @@ presets use it, as an all-ops DARTS supernet costs ~0.2 CPU-s per 32x32 image at
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Iterable, Mapping, Sequence
 
@@ -54,14 +53,17 @@ from common.config import BUDGETS
 from methods.base import Batch, Meter, SearchSetup, Ticker, cosine_lr, length_or_none, set_lr, sgd
 from methods.darts.common import (NODE_EDGES, NODES, NUM_OPS, check_layers, coef_plan, edge_name,
                                   first_order_arch_step, make_genotype, table_dict, weight_step)
+from methods.schedules import NAPSchedule, check_epoch_cap
 from spaces.darts import CELL_TYPES, EDGES, NONE, NUM_EDGES, PRIMITIVES, Genotype, SuperNet
 
 CANDIDATES = tuple(range(1, NUM_OPS))  # every op but `none`
-_EPS = 1e-9
 
 
 @dataclass(frozen=True)
-class DartsNAPConfig:
+class DartsNAPConfig(NAPSchedule):
+    N_CANDIDATES: ClassVar[int] = len(CANDIDATES)
+    SPACE: ClassVar[str] = "DARTS"
+
     epochs: int = 50
     batch_size: int = 64
     max_batches: int = 0                 # batches per epoch at most (0 = all the harness gives)
@@ -81,41 +83,11 @@ class DartsNAPConfig:
     pair_threshold: float = 0.0                # a pair with strength <= this is never kept
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "arch_betas", tuple(float(b) for b in self.arch_betas))
-            object.__setattr__(self, "prune_at", tuple(float(f) for f in self.prune_at))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"arch_betas and prune_at are sequences of numbers ({err})") from None
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, got {self.epochs!r}")
+        self.check_schedule()
         check_layers(self.layers, "layers")
-        if len(self.arch_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.arch_betas):
-            raise ValueError(f"arch_betas must be two numbers in [0, 1), got {self.arch_betas}")
-        if not 0.0 <= self.warmup_frac < 1.0:
-            raise ValueError(f"warmup_frac is a fraction of epochs in [0, 1), got {self.warmup_frac}")
-        if len(self.prune_at) > len(CANDIDATES) - 1:
-            raise ValueError(f"a DARTS edge has {len(CANDIDATES)} ops with a strength, so at most "
-                             f"{len(CANDIDATES) - 1} prune events; got prune_at={self.prune_at}")
-        if any(not self.warmup_frac < f <= 1.0 for f in self.prune_at):
-            raise ValueError(f"prune_at are fractions of epochs in (warmup_frac={self.warmup_frac}, 1]; "
-                             f"got {self.prune_at}")
-        if list(self.prune_at) != sorted(self.prune_at):
-            raise ValueError(f"prune_at must be non-decreasing, got {self.prune_at}")
-        if self.max_batches < 0:
-            raise ValueError(f"max_batches must be >= 0 (0 = no cap), got {self.max_batches}")
+        check_epoch_cap(self.max_batches)
         if not 1 <= self.keep_pairs <= NUM_EDGES * len(CANDIDATES):
             raise ValueError(f"keep_pairs must be in [1, {NUM_EDGES * len(CANDIDATES)}], got {self.keep_pairs}")
-        if self.lr <= 0 or self.lr_min < 0 or self.lr_min > self.lr or self.arch_lr <= 0:
-            raise ValueError(f"need lr > 0, 0 <= lr_min <= lr and arch_lr > 0; got lr={self.lr}, "
-                             f"lr_min={self.lr_min}, arch_lr={self.arch_lr}")
-
-    @property
-    def warmup_epochs(self) -> int:
-        return int(math.floor(self.warmup_frac * self.epochs + _EPS))
-
-    def prune_epochs(self) -> tuple[int, ...]:
-        """After how many completed epochs each prune event fires (1..epochs)."""
-        return tuple(min(self.epochs, max(1, math.ceil(f * self.epochs - _EPS))) for f in self.prune_at)
 
     @classmethod
     def preset(cls, budget: str) -> "DartsNAPConfig":

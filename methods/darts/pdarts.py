@@ -43,7 +43,6 @@ Our reading / harness choices [interp]:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Iterable, Sequence
 
@@ -56,11 +55,16 @@ from methods.base import Batch, Meter, SearchSetup, Ticker, cosine_lr, cycle, le
 from methods.darts.common import (NODE_EDGES, NODES, NUM_OPS, best_op, check_layers, coef_plan, edge_name,
                                   first_order_arch_step, logsoftmax_table, make_genotype, skip_dropout, table_dict,
                                   top2_per_node, weight_step)
+from methods.schedules import PDARTSSchedule, check_epoch_cap
 from spaces.darts import CELL_TYPES, NONE, NUM_EDGES, PRIMITIVES, SKIP, Genotype, SuperNet
 
 
 @dataclass(frozen=True)
-class DartsPDARTSConfig:
+class DartsPDARTSConfig(PDARTSSchedule):
+    NUM_OPS: ClassVar[int] = NUM_OPS
+    MIN_LAST_OPS: ClassVar[int] = 2  # the last stage needs a non-none op
+    EXAMPLE_CELLS: ClassVar[str] = "(5, 11, 17)"
+
     epochs: int = 75                                # split evenly over the stages (25 each)
     batch_size: int = 96
     max_batches: int = 0                            # batches per epoch at most (0 = all the harness gives)
@@ -83,56 +87,10 @@ class DartsPDARTSConfig:
     skip_cap: int = 2                               # M: at most this many skip-connects in the normal cell
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "stage_cells", tuple(int(c) for c in self.stage_cells))
-        object.__setattr__(self, "stage_ops", tuple(int(c) for c in self.stage_ops))
-        object.__setattr__(self, "dropout_rates", tuple(float(p) for p in self.dropout_rates))
-        n = len(self.stage_cells)
-        if n < 1:
-            raise ValueError("stage_cells needs at least one stage, e.g. (5, 11, 17)")
-        if len(self.stage_ops) != n or len(self.dropout_rates) != n:
-            raise ValueError(f"stage_cells {self.stage_cells}, stage_ops {self.stage_ops} and dropout_rates "
-                             f"{self.dropout_rates} must have one entry per stage (same length)")
+        self.check_schedule()
         for c in self.stage_cells:
             check_layers(c, "a stage_cells entry")
-        if self.stage_ops[0] != NUM_OPS:
-            raise ValueError(f"the first stage searches all {NUM_OPS} ops: stage_ops[0] must be {NUM_OPS}, "
-                             f"got {self.stage_ops}")
-        if any(b > a for a, b in zip(self.stage_ops, self.stage_ops[1:])) or self.stage_ops[-1] < 2:
-            raise ValueError(f"stage_ops must be non-increasing and >= 2 (the last stage needs a non-none op), "
-                             f"got {self.stage_ops}")
-        if any(not 0.0 <= p < 1.0 for p in self.dropout_rates):
-            raise ValueError(f"dropout_rates must be in [0, 1), got {self.dropout_rates}")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if self.epochs < n:
-            raise ValueError(f"P-DARTS needs at least one epoch per stage: epochs={self.epochs} < {n} stages")
-        if self.skip_cap < 0:
-            raise ValueError(f"skip_cap must be >= 0, got {self.skip_cap}")
-        if self.alpha_init_std < 0:
-            raise ValueError(f"alpha_init_std must be >= 0, got {self.alpha_init_std}")
-        if self.max_batches < 0:
-            raise ValueError(f"max_batches must be >= 0 (0 = no cap), got {self.max_batches}")
-
-    @property
-    def num_stages(self) -> int:
-        return len(self.stage_cells)
-
-    @property
-    def stage_epochs(self) -> tuple[int, ...]:
-        base, rem = divmod(self.epochs, self.num_stages)
-        return tuple(base + (1 if s >= self.num_stages - rem else 0) for s in range(self.num_stages))
-
-    @property
-    def warmup_epochs(self) -> tuple[int, ...]:
-        return tuple(max(0, min(math.floor(self.warmup_fraction * s + 0.5), s - 1)) for s in self.stage_epochs)
-
-    def skip_drop_rate(self, stage: int, epoch: int) -> float:
-        """Skip-dropout rate at 0-based ``epoch`` of 0-based ``stage`` (the released code's schedule)."""
-        p0 = float(self.dropout_rates[stage])
-        total, warm = self.stage_epochs[stage], self.warmup_epochs[stage]
-        if epoch < warm:
-            return p0 * (total - epoch - 1) / total
-        return p0 * math.exp(-self.dropout_decay * (epoch - warm))
+        check_epoch_cap(self.max_batches)
 
     @classmethod
     def preset(cls, budget: str) -> "DartsPDARTSConfig":
