@@ -52,7 +52,10 @@ def test_smoke_compare_on_synthetic_data(tmp_path, cache):
     assert len(pd.read_csv(out / "summary.csv")) == 8
     table = subprocess.run([sys.executable, "-m", "harness.report", str(out), "--table"], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
-    assert table.stdout.startswith("| method | kind | trials | kendall_tau") and "| spos | method | 2/2 ok |" in table.stdout
+    header = table.stdout.splitlines()[0]
+    assert header.startswith("| method | trials | kendall_tau [95% CI] |") and header.endswith("| beats params |")
+    assert "| spos | 2/2 ok |" in table.stdout and "## Headline" in report
+    assert summary.loc[summary["method"] == "spos", "search_macs"].gt(0).all()  # the compute each trial spent
 
 
 @pytest.mark.smoke
