@@ -199,9 +199,8 @@ class Batches:
 
     def __len__(self) -> int:
         n = len(self.data)
-        if self.epoch_images:
-            n = min(n, self.epoch_images)
-            return n // self.batch_size if self.drop_last or n < len(self.data) else math.ceil(n / self.batch_size)
+        if 0 < self.epoch_images < n:  # a capped pass yields whole batches only
+            return self.epoch_images // self.batch_size
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
